@@ -1,0 +1,35 @@
+# Two entry points: `make demo` (install, generate the demo data, run the demo row, write reports/) and
+# `make test` (install, run the test suite). Both create or reuse the virtual environment in .venv.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ROWS ?= demo
+
+.PHONY: install demo test benchmarks lab clean-reports
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first and pinned, so that nothing later resolves another build.
+	$(PY) -m pip install --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(PY) -m pointrend_core.workbook run --rows $(ROWS)
+
+test: install
+	$(PY) -m pytest -q
+
+benchmarks: install
+	$(PY) benchmarks/inference.py --sizes 512x512
+	$(PY) benchmarks/data.py
+	$(PY) benchmarks/train.py
+
+lab: install
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean-reports:
+	rm -rf reports/*.html runs/

@@ -1,0 +1,231 @@
+"""Training and evaluation speed and peak memory of one table row's network.
+
+    python benchmarks/train.py                         # R-50 VOC row, CPU, batch 2 at 512x512
+    python benchmarks/train.py --device cuda --batch-size 8 --amp bf16 --channels-last
+
+Training: optimiser steps (forward with both losses, backward, SGD step with the recipe's settings) on random
+images and blob-shaped random labels at the crop size; the first `--warmup` steps are not timed.
+Evaluation: `engine.evaluate.predict` (whole-image inference with adaptive subdivision, logits resized to the
+original size) on images of `--eval-size`, batch 1 as in the reference (default 512x683: a 500x375 VOC
+image after the test resize). The data pipeline is not included (see the data benchmarks).
+
+Peak memory: on CUDA `torch.cuda.max_memory_allocated` (tensors only) per phase; on CPU the process's peak
+resident set size (VmHWM), reset before each phase through /proc/self/clear_refs so that each phase reports its
+own peak, which includes the model, the optimizer state and the Python/torch runtime (the "baseline" row).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pointrend_core.config import IGNORE_INDEX, get_row  # noqa: E402
+from pointrend_core.engine.evaluate import environment, predict  # noqa: E402
+from pointrend_core.engine.train import resolve_device  # noqa: E402
+from pointrend_core.model import build_model  # noqa: E402
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter of this process (Linux >= 4.0); False where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process since the last reset (VmHWM), MiB; ru_maxrss as a fallback."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def current_rss_mib() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def start_phase(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        reset_peak_rss()
+
+
+def phase_peak_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return peak_rss_mib()
+
+
+def blob_targets(batch: int, height: int, width: int, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+    """(B, H, W) int64 labels: a few random rectangles of random classes on class 0, with an ignore border,
+    so the point head sees boundaries as on real data."""
+    targets = torch.zeros(batch, height, width, dtype=torch.int64)
+    for b in range(batch):
+        for _ in range(4):
+            y0, x0 = (int(torch.randint(0, s // 2, (), generator=generator)) for s in (height, width))
+            h, w = (int(torch.randint(s // 8, s // 2, (), generator=generator)) for s in (height, width))
+            targets[b, y0 : y0 + h, x0 : x0 + w] = int(torch.randint(1, num_classes, (), generator=generator))
+    targets[:, :2], targets[:, :, :2] = IGNORE_INDEX, IGNORE_INDEX
+    return targets
+
+
+def autocast(device: torch.device, amp: str):
+    if amp == "none":
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def benchmark_training(model, row, device, args) -> dict:
+    schedule = row.schedule
+    optimizer = torch.optim.SGD(model.parameters(), lr=schedule.lr, momentum=schedule.momentum,
+                                weight_decay=schedule.weight_decay)
+    scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
+    generator = torch.Generator().manual_seed(0)
+    height, width = args.crop
+    images = torch.randn(args.batch_size, 3, height, width, generator=generator).to(device)
+    if args.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    targets = blob_targets(args.batch_size, height, width, row.model.num_classes, generator).to(device)
+    model.train()
+    start_phase(device)
+    times = []
+    for step in range(args.warmup + args.iters):
+        begin = time.perf_counter()
+        with autocast(device, args.amp):
+            losses = model(images, targets)
+        total = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(total).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            total.backward()
+            optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if step >= args.warmup:
+            times.append(time.perf_counter() - begin)
+        print(f"  train step {step + 1}/{args.warmup + args.iters}: {time.perf_counter() - begin:.2f} s, "
+              f"loss {float(total.detach()):.3f}", file=sys.stderr)
+    seconds = sum(times) / len(times)
+    peak = phase_peak_mib(device)
+    del optimizer
+    return {"phase": "train step", "batch": args.batch_size, "input": f"{height}x{width}", "timed": len(times),
+            "seconds": seconds, "rate": args.batch_size / seconds, "rate_unit": "img/s", "iters_per_s": 1 / seconds,
+            "peak_mib": peak}
+
+
+@torch.no_grad()
+def benchmark_evaluation(model, row, device, args) -> dict:
+    height, width = args.eval_size
+    image = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(1)).to(device)
+    if args.channels_last:
+        image = image.contiguous(memory_format=torch.channels_last)
+    amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    model.eval()
+    start_phase(device)
+    times = []
+    for step in range(args.warmup + args.eval_images):
+        begin = time.perf_counter()
+        refined, _ = predict(model, image, (height, width), row.eval, amp_dtype=amp_dtype)
+        refined.argmax(1)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if step >= args.warmup:
+            times.append(time.perf_counter() - begin)
+        print(f"  eval image {step + 1}/{args.warmup + args.eval_images}: {time.perf_counter() - begin:.2f} s",
+              file=sys.stderr)
+    seconds = sum(times) / len(times)
+    return {"phase": "evaluate", "batch": 1, "input": f"{height}x{width}", "timed": len(times), "seconds": seconds,
+            "rate": 1 / seconds, "rate_unit": "img/s", "iters_per_s": None, "peak_mib": phase_peak_mib(device)}
+
+
+def print_table(rows: list[dict], header: str) -> None:
+    print(header)
+    columns = ("phase", "batch", "input", "timed", "s/iter", "iters/s", "images/s", "peak MiB")
+    lines = [columns]
+    for r in rows:
+        lines.append((
+            r["phase"], str(r["batch"]), r["input"], str(r["timed"]),
+            f"{r['seconds']:.3f}" if r["seconds"] is not None else "-",
+            f"{r['iters_per_s']:.3f}" if r["iters_per_s"] is not None else "-",
+            f"{r['rate']:.3f}" if r["rate"] is not None else "-",
+            f"{r['peak_mib']:.0f}",
+        ))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
+    for n, line in enumerate(lines):
+        print("| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths)) + " |")
+        if n == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="pointrend_r50_voc")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--batch-size", type=int, default=2, help="training batch (one process)")
+    parser.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="training input size (default: the row's crop size)")
+    parser.add_argument("--iters", type=int, default=2, help="timed training steps")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps / images before timing")
+    parser.add_argument("--eval-images", type=int, default=2, help="timed evaluation images")
+    parser.add_argument("--eval-size", type=int, nargs=2, default=(512, 683), metavar=("H", "W"))
+    parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
+    args = parser.parse_args(argv)
+
+    row = get_row(args.config)
+    args.crop = tuple(args.crop or row.data.crop_size)
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(row)).to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    baseline = current_rss_mib() if device.type == "cpu" else torch.cuda.memory_allocated(device) / 2**20
+    parameters = sum(p.numel() for p in model.parameters())
+
+    # Evaluation first: on CPU the allocator keeps freed training memory resident, which would inflate the
+    # evaluation's peak; the other way round each phase's peak is its own.
+    evaluation = benchmark_evaluation(model, row, device, args)
+    results = [benchmark_training(model, row, device, args), evaluation]
+    results.insert(0, {"phase": "baseline (model loaded)", "batch": "-", "input": "-", "timed": "-", "seconds": None,
+                       "iters_per_s": None, "rate": None, "peak_mib": baseline})
+    name = environment(device)["device_name"]
+    memory = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak RSS (VmHWM) of the process"
+    print_table(results, (
+        f"{row.name}: {parameters / 1e6:.2f} M parameters; device {device} ({name}), "
+        f"{torch.get_num_threads()} threads, amp {args.amp}, channels_last {args.channels_last}, "
+        f"torch {torch.__version__}; memory = {memory}"
+    ))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""Command line: `python -m pointrend_core train | evaluate | check-data | make-demo-data ...`.
+
+    python -m pointrend_core train --config pointrend_r50_voc --data-root data/VOCdevkit/VOC2012 \\
+        --pretrained-backbone resnet50_v1c-2cccc1ad.pth --out runs/r50_voc [--resume]
+    torchrun --nproc_per_node=8 -m pointrend_core train --config pointrend_r50_voc ...
+    python -m pointrend_core evaluate --config pointrend_r50_voc --checkpoint pointrend_resnet50os32_voc.pth
+    python -m pointrend_core check-data --dataset voc --root data/VOCdevkit/VOC2012
+    python -m pointrend_core make-demo-data --out data/demo
+
+Each subcommand is a thin call of the library function of the same job (`engine.train.train`,
+`engine.evaluate.evaluate_run`, `data.validate.check_dataset`, `data.demo.make_demo_dataset`); the notebooks
+call the same functions. Exit codes: 0 success, 1 failure (message on stderr; check-data: problems found),
+2 bad arguments, 143 stopped by SIGTERM (resume with --resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+from pointrend_core.config import RowConfig, get_row
+
+EXIT_INTERRUPTED = 143  # 128 + SIGTERM, the shell convention
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pointrend_core", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a table row (under torchrun: one process per device)")
+    _row_arguments(train)
+    train.add_argument("--checkpoint", type=Path, help="initial weights for the whole model (ignored with --resume)")
+    train.add_argument("--pretrained-backbone", type=Path, help="ImageNet ResNet-v1c weights for the backbone")
+    train.add_argument("--out", "--out-dir", dest="out", type=Path, help="run folder (default runs/<config>)")
+    train.add_argument("--max-iters", type=_positive_int, help="stop after N iterations (default: the row's epochs)")
+    train.add_argument("--checkpoint-every", type=_positive_int, help="iterations between checkpoints (default: one epoch)")
+    train.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint_last.pth if it exists")
+    train.add_argument("--seed", type=_non_negative_int, default=0)
+    train.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    train.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="mixed precision (fp16: CUDA only)")
+    train.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    train.add_argument("--batch-size", type=_positive_int, help="total batch size over all processes (override)")
+    train.add_argument("--crop", type=_positive_int, nargs=2, metavar=("H", "W"), help="training crop size (override)")
+    train.add_argument("--workers", type=_non_negative_int, help="data loader workers per process")
+    train.add_argument("--log-every", type=_positive_int, default=20, help="iterations between metrics.jsonl records")
+    train.add_argument("--evaluate", action="store_true", help="evaluate every eval_every_epochs epochs and at the end")
+    train.add_argument("--eval-max-images", type=_positive_int, help="evaluate on the first N validation images only")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint; writes <out>/run.json")
+    _row_arguments(evaluate)
+    evaluate.add_argument("--checkpoint", type=Path, required=True, help="weights to evaluate")
+    evaluate.add_argument("--out", "--out-dir", dest="out", type=Path, help="folder of run.json (default: the checkpoint's)")
+    evaluate.add_argument("--split", help="dataset split (default: the row's validation split)")
+    evaluate.add_argument("--max-images", type=_positive_int, help="evaluate the first N images only")
+    evaluate.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    check = commands.add_parser("check-data", help="report every problem of a dataset folder")
+    check.add_argument("--dataset", required=True, choices=tuple(_DATASETS), help="layout of the folder")
+    check.add_argument("--root", required=True, type=Path, help="dataset root (as the dataset class takes it)")
+    check.add_argument("--split", help="split to check (default: every split on disk)")
+
+    demo = commands.add_parser("make-demo-data", help="write the embedded procedural demo dataset")
+    demo.add_argument("--out", required=True, type=Path, help="folder to create")
+    demo.add_argument("--num-images", type=_positive_int, help="images per split (default: the generator's)")
+    demo.add_argument("--seed", type=_non_negative_int, default=0)
+    return parser
+
+
+def _row_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="table row name, e.g. pointrend_r50_voc or demo")
+    parser.add_argument("--data-root", type=Path, help="dataset root (default: the row's default_root)")
+
+
+def _dataset_classes() -> dict[str, type]:
+    from pointrend_core.data.datasets import (
+        ADE20kSegmentation,
+        CityscapesSegmentation,
+        FolderSegmentation,
+        VOCSegmentation,
+    )
+
+    return {"voc": VOCSegmentation, "ade20k": ADE20kSegmentation, "cityscapes": CityscapesSegmentation,
+            "folder": FolderSegmentation}
+
+
+_DATASETS = ("voc", "ade20k", "cityscapes", "folder")
+
+
+def resolve_row(parser: argparse.ArgumentParser, args: argparse.Namespace) -> RowConfig:
+    """The named row with the command line's overrides (--batch-size, --crop) applied by `replace`."""
+    try:
+        row = get_row(args.config)
+    except KeyError as error:
+        parser.error(str(error.args[0]))
+    if getattr(args, "batch_size", None) is not None:
+        row = replace(row, schedule=replace(row.schedule, batch_size=args.batch_size))
+    if getattr(args, "crop", None) is not None:
+        row = replace(row, data=replace(row.data, crop_size=tuple(args.crop)))
+    return row
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def run_train(row: RowConfig, args: argparse.Namespace) -> int:
+    from pointrend_core.engine.train import TrainingInterrupted, TrainOptions, train
+
+    options = TrainOptions(
+        max_iters=args.max_iters,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        seed=args.seed,
+        device=args.device,
+        amp=args.amp,
+        channels_last=args.channels_last,
+        workers=args.workers,
+        init_checkpoint=args.checkpoint,
+        pretrained_backbone=args.pretrained_backbone,
+        log_every=args.log_every,
+        evaluate=args.evaluate,
+        eval_max_images=args.eval_max_images,
+        progress=not args.no_progress,
+    )
+    out = args.out or Path("runs") / row.name
+    try:
+        final = train(row, args.data_root, out, options)
+    except TrainingInterrupted as stopped:
+        print(f"stopped: {stopped}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if _is_main_process():
+        print(f"final checkpoint: {final}")
+    return 0
+
+
+def run_evaluate(row: RowConfig, args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    from pointrend_core.engine.evaluate import evaluate_run
+    from pointrend_core.engine.train import start_processes
+
+    processes = start_processes(args.device)
+    out = args.out or args.checkpoint.parent
+    try:
+        record = evaluate_run(row, args.checkpoint, args.data_root, out, device=processes.device, split=args.split,
+                              max_images=args.max_images, progress=not args.no_progress)
+    finally:
+        if processes.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+    if processes.is_main:
+        refined, coarse = record["metrics"]["refined"], record["metrics"]["coarse"]
+        print(f"{row.name}: mIoU {refined['mIoU']:.2f} (coarse {coarse['mIoU']:.2f}), "
+              f"boundary mIoU {refined['boundary_mIoU']:.2f} (coarse {coarse['boundary_mIoU']:.2f}) "
+              f"on {record['data']['num_images']} images; {Path(out) / 'run.json'}")
+    return 0
+
+
+def run_check_data(args: argparse.Namespace) -> int:
+    from pointrend_core.data.validate import check_dataset
+
+    dataset_cls = _dataset_classes()[args.dataset]
+    problems = check_dataset(dataset_cls, args.root, args.split)
+    if problems:
+        for problem in problems:
+            print(problem)
+        print(f"{len(problems)} problem(s) in {dataset_cls.__name__} at {args.root}", file=sys.stderr)
+        return 1
+    splits = [args.split] if args.split else dataset_cls.splits_on_disk(args.root)
+    counts = ", ".join(f"{split} {len(dataset_cls(args.root, split))} images" for split in splits)
+    print(f"ok: {dataset_cls.__name__} at {args.root}: {counts}")
+    return 0
+
+
+def run_make_demo_data(args: argparse.Namespace) -> int:
+    from pointrend_core.data.demo import make_demo_dataset
+
+    kwargs = {"seed": args.seed} if args.num_images is None else {"num_images": args.num_images, "seed": args.seed}
+    root = make_demo_dataset(args.out, **kwargs)
+    print(f"demo dataset written to {root}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse `argv` (default sys.argv[1:]) and run the subcommand; returns the exit code."""
+    from pointrend_core.engine.train import NonFiniteLossError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            return run_train(resolve_row(parser, args), args)
+        if args.command == "evaluate":
+            return run_evaluate(resolve_row(parser, args), args)
+        if args.command == "check-data":
+            return run_check_data(args)
+        return run_make_demo_data(args)
+    except (ValueError, OSError, NonFiniteLossError) as error:
+        # These errors already name the file or value and what was expected; other exceptions keep their
+        # traceback (they are bugs, not bad input).
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

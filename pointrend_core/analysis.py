@@ -1,0 +1,172 @@
+"""What the notebooks look at, as plain functions: a trained model's predictions on validation images, its
+training-time point selection, its subdivision steps, and the sweep of subdivision settings.
+
+Shapes: B batch, C classes, (H', W') the resized and normalised network input, (H, W) the original label
+size, h x w the stride-4 coarse grid. Images for figures are uint8 (3, H', W') from `denormalize`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from pointrend_core.config import EvalConfig, RowConfig
+from pointrend_core.data.datasets import SegmentationDataset
+from pointrend_core.engine.evaluate import RUN_FILE, evaluate, predict
+from pointrend_core.model import PointRend, PointRendOutput, build_model
+from pointrend_core.model.points import TrainingPoints, sample_training_points
+from pointrend_core.viz import PredictionSample
+
+
+@dataclass(frozen=True)
+class EvalSample:
+    """One validation item: `image` uint8 (3, H', W') for figures, `input` float (1, 3, H', W') normalised
+    for the model, `gt` int64 (H, W) at the original size."""
+
+    image: Tensor
+    input: Tensor
+    gt: Tensor
+    title: str
+
+
+def run_checkpoint(out_dir: str | os.PathLike) -> Path:
+    """The checkpoint a run evaluated (from its run.json), so later notebooks look at the same weights."""
+    path = Path(out_dir) / RUN_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {path}: evaluate the row first (train_evaluate notebook) or pass a checkpoint")
+    checkpoint = json.loads(path.read_text(encoding="utf-8")).get("checkpoint")
+    if not checkpoint:
+        raise ValueError(f"{path} records no checkpoint (the run evaluated untrained weights); pass a checkpoint")
+    return Path(checkpoint)
+
+
+def load_model(row: RowConfig, checkpoint: str | os.PathLike | None, device: str | torch.device = "cpu") -> PointRend:
+    """The row's network with `checkpoint` loaded (random weights when None), in eval mode on `device`."""
+    model = build_model(row)
+    if checkpoint is not None:
+        from pointrend_core.checkpoints import load_checkpoint
+
+        load_checkpoint(model, checkpoint)
+    return model.eval().to(device)
+
+
+def eval_dataset(
+    row: RowConfig, data_root: str | os.PathLike | None, split: str | None = None
+) -> SegmentationDataset:
+    """The row's validation split with the test pipeline: items (float (3, H', W'), int64 (H, W))."""
+    from pointrend_core.data.transforms import eval_transforms
+
+    root = Path(data_root) if data_root is not None else Path(row.data.default_root)
+    return row.data.dataset(root, split or row.data.val_split, transforms=eval_transforms(row.data))
+
+
+def eval_sample(dataset: SegmentationDataset, index: int) -> EvalSample:
+    """Item `index` of an `eval_dataset`, ready for the model and for figures."""
+    from pointrend_core.data.transforms import denormalize
+
+    if not 0 <= index < len(dataset):
+        raise IndexError(f"image index {index} is outside the split's {len(dataset)} images")
+    image, gt = dataset[index]
+    return EvalSample(denormalize(image), image[None], gt, str(dataset.ids[index]))
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def subdivision_output(model: PointRend, sample: EvalSample) -> PointRendOutput:
+    """The eval forward of one image with every subdivision step recorded (B = 1)."""
+    return model(sample.input.to(_device_of(model)), record_steps=True)
+
+
+@torch.inference_mode()
+def training_points(
+    model: PointRend, sample: EvalSample, generator: torch.Generator | None = None
+) -> tuple[Tensor, TrainingPoints]:
+    """The training-time point selection the model's config makes on this image's coarse prediction.
+
+    Returns the coarse prediction (h, w) int64 and `TrainingPoints` for B = 1 (the model's train_num_points,
+    oversample_ratio and importance_sample_ratio). The coarse logits come from an eval-mode forward, so the
+    figure shows the selection the trained network would make, not one perturbed by batch statistics.
+    """
+    cfg = model.cfg
+    _, coarse_logits = model.features(sample.input.to(_device_of(model)))
+    points = sample_training_points(
+        coarse_logits.float().cpu(), cfg.train_num_points, cfg.oversample_ratio, cfg.importance_sample_ratio, generator
+    )
+    return coarse_logits[0].argmax(0).cpu(), points
+
+
+def prediction_samples(
+    model: PointRend, dataset: SegmentationDataset, eval_cfg: EvalConfig, indices: Sequence[int]
+) -> list[PredictionSample]:
+    """Refined and coarse predictions (H, W) of the images `indices`, as the evaluation computes them
+    (`engine.evaluate.predict`: logits resized to the label size, then argmax). The image stays at the network's
+    input size (H', W'), the same aspect ratio; the figures draw every map on the unit square."""
+    samples = []
+    for index in indices:
+        sample = eval_sample(dataset, index)
+        refined, coarse = predict(model, sample.input.to(_device_of(model)), sample.gt.shape, eval_cfg)
+        samples.append(
+            PredictionSample(
+                image=sample.image,
+                gt=sample.gt,
+                coarse=coarse.argmax(1)[0].cpu(),
+                refined=refined.argmax(1)[0].cpu(),
+                title=sample.title,
+            )
+        )
+    return samples
+
+
+def subdivision_sweep(
+    model: PointRend,
+    dataset: SegmentationDataset,
+    eval_cfg: EvalConfig,
+    steps: Sequence[int],
+    points: Sequence[int],
+    device: str | torch.device = "cpu",
+    max_images: int | None = None,
+) -> pd.DataFrame:
+    """Evaluate every (subdivision steps, points per step) pair on the first `max_images` images.
+
+    The model's inference settings are changed in place and restored afterwards (they live on the module,
+    not in its frozen config). Steps = 0 is the upsampled coarse prediction; it is evaluated once, with
+    points = 0. Returns one line per setting: steps, points, mIoU, boundary_mIoU (percent, refined output),
+    seconds_per_image (wall time of the evaluation loop, data loading included), images.
+    """
+    if any(s < 0 for s in steps) or any(p < 1 for p in points):
+        raise ValueError(f"sweep needs steps >= 0 and points >= 1, got steps {list(steps)} and points {list(points)}")
+    settings = sorted({(s, p if s > 0 else 0) for s in steps for p in points})
+    saved = model.subdivision_steps, model.subdivision_num_points
+    lines = []
+    # The first forward pays one-time costs (allocator growth, kernel selection) that would otherwise be
+    # charged to whichever setting comes first.
+    evaluate(model, dataset, eval_cfg, device, model.num_classes, progress=False, max_images=1)
+    try:
+        for num_steps, num_points in settings:
+            model.subdivision_steps, model.subdivision_num_points = num_steps, max(num_points, 1)
+            result = evaluate(
+                model, dataset, eval_cfg, device, model.num_classes, progress=False, max_images=max_images
+            )
+            lines.append(
+                {
+                    "steps": num_steps,
+                    "points": num_points,
+                    "mIoU": 100.0 * result.refined.mIoU,
+                    "boundary_mIoU": 100.0 * result.refined_boundary.mIoU,
+                    "seconds_per_image": result.seconds / max(result.num_images, 1),
+                    "images": result.num_images,
+                }
+            )
+    finally:
+        model.subdivision_steps, model.subdivision_num_points = saved
+    return pd.DataFrame(lines)

@@ -1,0 +1,151 @@
+"""Loading and saving checkpoints, safely and strictly.
+
+Accepted files (all read with `torch.load(..., weights_only=True)`, so a file holding pickled code is refused,
+never executed):
+- released sssegmentation checkpoints, `{"model": state_dict}` (or a bare state dict), with or without a
+  DDP `module.` prefix: their key names are this package's own, so they load as they are;
+- this project's training checkpoints (`{"model": ..., "optimizer": ..., ...}`);
+- ImageNet ResNet-v1c weights (open-mmlab `resnet{18,50,101}_v1c-*.pth`, bare or under `state_dict`):
+  keys `stem.*` / `layerL.*` (+ the classifier `fc.*`, dropped), loaded into the backbone alone.
+
+Loading is strict: any missing, unexpected or mis-shaped key is an error naming the keys and the likely cause.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pointrend_core.files import atomic_torch_save
+
+_SHOW = 8  # keys listed per kind of mismatch
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be loaded into the model; the message says which file and why."""
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The object stored in `path`, read with `weights_only=True`; clear errors for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"{path} holds pickled Python objects other than tensors and plain containers; it was refused "
+            f"(loading it would run code). Re-save only the state dict: torch.save({{'model': model.state_dict()}}, ...). "
+            f"Detail: {str(error).splitlines()[0]}"
+        ) from None
+    except Exception as error:  # torch.load reports foreign or truncated files with many exception types
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint (truncated or another format?): {error}"
+        ) from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict (a state dict or {{'model': ...}})")
+    return obj
+
+
+def extract_state_dict(obj: dict[str, Any], path: str | os.PathLike = "<checkpoint>") -> dict[str, Tensor]:
+    """The model weights inside a checkpoint object: under "model" or "state_dict", or the dict itself;
+    a DDP `module.` prefix is removed."""
+    for key in ("model", "state_dict"):
+        if key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    if not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(
+            f"{path} has no state dict: expected tensors under 'model' or 'state_dict', or at the top level; "
+            f"found keys {sorted(obj)[:_SHOW]}"
+        )
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def is_backbone_only(state_dict: dict[str, Tensor]) -> bool:
+    """True for ImageNet classification weights (keys `stem.*`, `layerL.*`, `fc.*`, no segmentor parts)."""
+    return any(k.startswith("stem.") for k in state_dict) and not any(k.startswith("backbone_net.") for k in state_dict)
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load weights from `path` into `model` (a `PointRend`, or a DDP wrapper of one), strictly.
+
+    ImageNet backbone files go into `model.backbone_net` (their `fc.*` classifier is dropped); anything else must
+    match the whole model. Returns the whole checkpoint object (training checkpoints carry optimizer state etc.).
+    """
+    model = getattr(model, "module", model)
+    obj = read_checkpoint(path, map_location)
+    state_dict = extract_state_dict(obj, path)
+    if is_backbone_only(state_dict):
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+        load_strict(model.backbone_net, state_dict, path, what="backbone")
+    else:
+        load_strict(model, state_dict, path, what="model")
+    return obj
+
+
+def load_strict(module: nn.Module, state_dict: dict[str, Tensor], path: str | os.PathLike, what: str) -> None:
+    """`module.load_state_dict(state_dict)` after checking every key and shape, with an explanatory error."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mis_shaped = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs {what} {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
+    if missing or unexpected or mis_shaped:
+        lines = [f"{path} does not fit the {what}:"]
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped)):
+            if keys:
+                more = f" (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
+                lines.append(f"  {len(keys)} {label} keys: {', '.join(keys[:_SHOW])}{more}")
+        lines += [f"  likely cause: {cause}" for cause in _likely_causes(expected, state_dict)]
+        raise CheckpointError("\n".join(lines))
+    module.load_state_dict(state_dict, strict=True)
+
+
+def _likely_causes(expected: dict[str, Tensor], found: dict[str, Tensor]) -> list[str]:
+    causes = []
+    classes_expected, classes_found = _num_classes(expected), _num_classes(found)
+    if classes_expected and classes_found and classes_expected != classes_found:
+        causes.append(
+            f"the checkpoint is for {classes_found} classes, the model has {classes_expected} "
+            f"(VOC 21, ADE20k 150, Cityscapes 19): use the config of the dataset it was trained on"
+        )
+    depth_expected, depth_found = _resnet_depth(expected), _resnet_depth(found)
+    if depth_expected and depth_found and depth_expected != depth_found:
+        causes.append(f"the checkpoint has a ResNet-{depth_found} backbone, the model a ResNet-{depth_expected}")
+    if not causes and any(k.startswith("backbone_net.") for k in found) != any(k.startswith("backbone_net.") for k in expected):
+        causes.append("one side is a whole segmentor and the other a bare backbone")
+    if not causes:
+        causes.append("a checkpoint of another architecture or configuration (FPN/head widths, number of point fcs)")
+    return causes
+
+
+def _num_classes(state_dict: dict[str, Tensor]) -> int | None:
+    bias = state_dict.get("decoder.1.bias")
+    return int(bias.shape[0]) if bias is not None else None
+
+
+def _resnet_depth(state_dict: dict[str, Tensor]) -> int | None:
+    """18/34/50/101 from the number of layer3 blocks and the block type (bottlenecks have conv3)."""
+    blocks = {int(m.group(1)) for k in state_dict if (m := re.search(r"layer3\.(\d+)\.", k))}
+    if not blocks:
+        return None
+    bottleneck = any(re.search(r"layer1\.0\.conv3\.", k) for k in state_dict)
+    count = max(blocks) + 1
+    return {(2, False): 18, (6, False): 34, (6, True): 50, (23, True): 101}.get((count, bottleneck))
+
+
+def save_checkpoint(path: str | os.PathLike, **state: Any) -> Path:
+    """Write `state` (e.g. model=..., optimizer=..., iteration=...) atomically; `model` may be a module."""
+    if isinstance(state.get("model"), nn.Module):
+        state["model"] = getattr(state["model"], "module", state["model"]).state_dict()
+    return atomic_torch_save(state, path)

@@ -1,0 +1,227 @@
+"""Configurations as frozen dataclasses; the model-zoo table rows are named instances of them.
+
+A row (`RowConfig`) bundles what one line of the table needs: the network (`ModelConfig`), the data
+recipe (`DataConfig`), the optimisation schedule (`ScheduleConfig`) and the evaluation protocol
+(`EvalConfig`). Values follow the sssegmentation reference (`shared/reference/sssegmentation-pointrend.md`,
+sections 2-8). Overrides are made with `dataclasses.replace`, never by mutating a row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from pointrend_core.data.datasets import (
+    ADE20kSegmentation,
+    CityscapesSegmentation,
+    SegmentationDataset,
+    VOCSegmentation,
+)
+from pointrend_core.data.demo import DemoShapes
+from pointrend_core.labels import IGNORE_INDEX  # re-exported: the one ignore label (see labels.py)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    num_classes: int
+    depth: int = 50
+    """ResNet-v1c depth: 18, 34, 50 or 101."""
+    output_stride: int = 32
+    """32 for the published models; 16 or 8 dilate the last stages instead of striding."""
+    fpn_channels: int = 256
+    scale_head_channels: int = 128
+    point_head_channels: int = 256
+    num_point_fcs: int = 3
+    # Training-time point selection (PointRend paper, section 3.1 / reference section 3.2).
+    train_num_points: int = 2048
+    oversample_ratio: float = 3.0
+    importance_sample_ratio: float = 0.75
+    # Inference-time adaptive subdivision (reference section 3.1).
+    subdivision_steps: int = 2
+    subdivision_num_points: int = 8196  # sic: the reference uses 8196, not 8192
+    # Loss weights (reference section 6).
+    aux_loss_weight: float = 0.4
+    point_loss_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: type[SegmentationDataset]
+    """The dataset class; it reads its own on-disk layout and knows its class names."""
+    default_root: str
+    """Where the data lives when no --data-root is given (relative to the working directory)."""
+    train_split: str
+    val_split: str
+    crop_size: tuple[int, int]
+    """(height, width) of training crops."""
+    base_size: tuple[int, int]
+    """(long side, short side) the image is resized to fit, at scale 1.0 (train) and at test time."""
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    cat_max_ratio: float = 0.75
+    """A training crop is retried (up to 10 times) while one class covers this fraction of it or more."""
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    batch_size: int
+    """Total batch size over all processes."""
+    epochs: int
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+    min_lr: float = 1e-4
+    warmup_iters: int = 200
+    warmup_ratio: float = 0.1
+    eval_every_epochs: int = 10
+    workers_per_process: int = 2
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    mode: Literal["whole", "slide"] = "whole"
+    slide_crop: tuple[int, int] | None = None
+    """(height, width) of sliding windows; only for mode 'slide'."""
+    slide_stride: tuple[int, int] | None = None
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    boundary_dilation_ratio: float = 0.02
+    """Boundary IoU band width d as a fraction of the image diagonal (Cheng et al. 2021)."""
+
+
+@dataclass(frozen=True)
+class RowConfig:
+    name: str
+    model: ModelConfig
+    data: DataConfig
+    schedule: ScheduleConfig
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    published_miou: float | None = None
+    """mIoU (%) in the sssegmentation model zoo; None for rows that are not in the table."""
+    release_file: str | None = None
+    """File name of the released sssegmentation checkpoint."""
+    pretrained_backbone: str | None = None
+    """File name of the ImageNet ResNet-v1c weights the recipe starts from (supplied by the user)."""
+
+    def __post_init__(self) -> None:
+        classes = getattr(self.data.dataset, "CLASSES", None)
+        if classes is not None and len(classes) != self.model.num_classes:
+            raise ValueError(
+                f"row {self.name!r}: model has {self.model.num_classes} classes but "
+                f"{self.data.dataset.__name__} has {len(classes)}"
+            )
+
+
+def _voc_data() -> DataConfig:
+    return DataConfig(
+        dataset=VOCSegmentation,
+        default_root="data/VOCdevkit/VOC2012",
+        train_split="trainaug",
+        val_split="val",
+        crop_size=(512, 512),
+        base_size=(2048, 512),
+    )
+
+
+def _ade20k_data() -> DataConfig:
+    return DataConfig(
+        dataset=ADE20kSegmentation,
+        default_root="data/ADE20k",
+        train_split="train",
+        val_split="val",
+        crop_size=(512, 512),
+        base_size=(2048, 512),
+    )
+
+
+def _cityscapes_data() -> DataConfig:
+    return DataConfig(
+        dataset=CityscapesSegmentation,
+        default_root="data/Cityscapes",
+        train_split="train",
+        val_split="val",
+        crop_size=(512, 1024),
+        base_size=(2048, 1024),
+    )
+
+
+_RELEASE = "pointrend_resnet{depth}os32_{dataset}.pth"
+_IMAGENET = {18: "resnet18_v1c-b5776b93.pth", 50: "resnet50_v1c-2cccc1ad.pth", 101: "resnet101_v1c-e67eebb6.pth"}
+
+
+def _table_row(depth: int, dataset: str, miou: float) -> RowConfig:
+    data, classes, schedule = {
+        "voc": (_voc_data(), 21, ScheduleConfig(batch_size=16, epochs=60)),
+        "ade20k": (_ade20k_data(), 150, ScheduleConfig(batch_size=16, epochs=130)),
+        "cityscapes": (_cityscapes_data(), 19, ScheduleConfig(batch_size=8, epochs=220)),
+    }[dataset]
+    return RowConfig(
+        name=f"pointrend_r{depth}_{dataset}",
+        model=ModelConfig(num_classes=classes, depth=depth),
+        data=data,
+        schedule=schedule,
+        published_miou=miou,
+        release_file=_RELEASE.format(depth=depth, dataset=dataset),
+        pretrained_backbone=_IMAGENET[depth],
+    )
+
+
+DEMO = RowConfig(
+    name="demo",
+    model=ModelConfig(
+        num_classes=len(DemoShapes.CLASSES),
+        depth=18,
+        fpn_channels=128,
+        scale_head_channels=64,
+        point_head_channels=128,
+        train_num_points=1024,
+        subdivision_num_points=4096,
+    ),
+    data=DataConfig(
+        dataset=DemoShapes,
+        default_root="data/demo",
+        train_split="train",
+        val_split="val",
+        crop_size=(192, 192),
+        base_size=(256, 256),
+        scale_range=(0.75, 1.25),
+    ),
+    schedule=ScheduleConfig(batch_size=8, epochs=6, lr=0.02, warmup_iters=20, eval_every_epochs=2),
+)
+"""A small row that trains on 2 CPU cores in minutes, on the embedded procedural dataset."""
+
+ROWS: dict[str, RowConfig] = {
+    row.name: row
+    for row in (
+        _table_row(50, "voc", 69.84),
+        _table_row(101, "voc", 72.31),
+        _table_row(50, "ade20k", 37.80),
+        _table_row(101, "ade20k", 40.26),
+        _table_row(50, "cityscapes", 76.89),
+        _table_row(101, "cityscapes", 78.80),
+        DEMO,
+    )
+}
+"""The six model-zoo rows plus `demo`, by name."""
+
+
+def get_row(name: str) -> RowConfig:
+    """The row called `name`; the error lists the valid names."""
+    try:
+        return ROWS[name]
+    except KeyError:
+        raise KeyError(f"unknown config {name!r}; expected one of: {', '.join(ROWS)}") from None
+
+
+__all__ = [
+    "IGNORE_INDEX",
+    "ModelConfig",
+    "DataConfig",
+    "ScheduleConfig",
+    "EvalConfig",
+    "RowConfig",
+    "ROWS",
+    "DEMO",
+    "get_row",
+    "replace",
+]

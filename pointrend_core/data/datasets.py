@@ -1,0 +1,601 @@
+"""Semantic-segmentation datasets in their official on-disk layouts.
+
+Every dataset is `Cls(root, split, transforms=None)`; item `i` is `transforms(image, mask)` with
+
+* image: `tv_tensors.Image` uint8 (3, H, W), RGB;
+* mask: `tv_tensors.Mask` uint8 (H, W) of class indices 0..K-1, the dataset's void values already mapped to
+  `IGNORE_INDEX` (255).
+
+Layouts (reference section 5; `root` is the folder named in each class docstring):
+
+* `VOCSegmentation`: PASCAL VOC 2012 (+ SBD "aug" labels).
+* `ADE20kSegmentation`: ADEChallengeData2016 (SceneParsing), reduce-zero-label.
+* `CityscapesSegmentation`: leftImg8bit + gtFine, labelIds mapped to the 19 trainIds.
+* `FolderSegmentation`: `images/`, `masks/`, `classes.txt` for custom data.
+
+Masks are read with PIL, which yields class indices for both palette ('P') and single-channel ('L') PNGs
+(the reference's cv2 grayscale read turns palette PNGs into luminance, reference section 9 item 7).
+Bad input raises at once with the file and the expected form: a missing root, split file or empty split in
+the constructor; a missing, unreadable or mismatched file, or an unknown label value, in `__getitem__`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from PIL import Image as PILImage
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.io import ImageReadMode, decode_image
+
+from pointrend_core.labels import IGNORE_INDEX
+
+Transforms = Callable[[tv_tensors.Image, tv_tensors.Mask], Any]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Reading files
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """Decode an image file into uint8 (3, H, W) RGB.
+
+    torchvision's decoder is used first because it is about 2.5x faster than PIL on JPEG (the loader's hot
+    path); it is deprecated from torchvision 0.29 on, so its warning is silenced here and PIL is the fallback
+    for formats or builds it does not handle. Raises FileNotFoundError for a missing file and ValueError
+    naming the file for a corrupt or truncated one.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file {path} does not exist")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return decode_image(str(path), mode=ImageReadMode.RGB)
+    except (RuntimeError, ValueError):
+        pass
+    try:
+        with PILImage.open(path) as im:
+            rgb = np.array(im.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ValueError(f"cannot decode image {path} ({e}); expected a complete JPEG or PNG file") from None
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+
+
+def read_label_png(path: str | Path) -> np.ndarray:
+    """Read a label PNG as uint8 (H, W) raw values (palette indices for 'P' mode, grey levels for 'L').
+
+    Raises FileNotFoundError for a missing file and ValueError naming the file for an unreadable file or a
+    mode other than 'L'/'P' (e.g. an RGB colour-coded mask, a common mistake).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"mask file {path} does not exist")
+    try:
+        with PILImage.open(path) as im:
+            mode = im.mode
+            raw = np.array(im) if mode in ("L", "P") else None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"cannot decode mask {path} ({e}); expected a complete 8-bit PNG file") from None
+    if raw is None:
+        raise ValueError(
+            f"mask {path} has PIL mode {mode!r}; expected a single-channel 8-bit PNG (mode 'L') or a "
+            "palette PNG (mode 'P') holding class indices"
+        )
+    return raw
+
+
+# --------------------------------------------------------------------------------------------------------
+# Labels and palettes
+
+
+def label_lut(mapping: Mapping[int, int], void: Iterable[int]) -> np.ndarray:
+    """Lookup table int16 (256,) from raw mask value to train id: `mapping` values, IGNORE_INDEX for `void`,
+    -1 for values that are neither (an error when they occur)."""
+    lut = np.full(256, -1, dtype=np.int16)
+    for raw, train_id in mapping.items():
+        lut[raw] = train_id
+    for raw in void:
+        lut[raw] = IGNORE_INDEX
+    return lut
+
+
+def apply_label_lut(raw: np.ndarray, lut: np.ndarray, path: Path, expected: str) -> np.ndarray:
+    """Map raw uint8 (H, W) mask values through `lut` (see `label_lut`) -> uint8 (H, W).
+
+    Raises ValueError naming `path`, the offending values with their pixel counts, and `expected`.
+    """
+    counts = np.bincount(raw.ravel(), minlength=256)
+    present = np.flatnonzero(counts)
+    bad = present[lut[present] < 0]
+    if bad.size:
+        found = ", ".join(f"{v} ({counts[v]} px)" for v in bad[:10]) + (" ..." if bad.size > 10 else "")
+        raise ValueError(f"mask {path} contains label values {found} that are {expected}")
+    if np.array_equal(lut[present], present):
+        return raw  # the values present are their own train ids: skip a full gather pass
+    return lut.astype(np.uint8)[raw]
+
+
+def bitwise_palette(n: int, start: int = 0) -> np.ndarray:
+    """The PASCAL VOC colour map for indices start..start+n-1 -> uint8 (n, 3).
+
+    Index bits are spread over the high bits of R, G, B (bit 0 -> R, 1 -> G, 2 -> B, then the next three
+    one bit lower, ...): 0 is black, 1 is (128, 0, 0), 255 is (224, 224, 192).
+    """
+    idx = np.arange(start, start + n)
+    rgb = np.zeros((n, 3), dtype=np.int64)
+    for level in range(8):
+        for channel in range(3):
+            rgb[:, channel] |= ((idx >> (3 * level + channel)) & 1) << (7 - level)
+    return rgb.astype(np.uint8)
+
+
+VOC_CLASSES = (
+    "__background__", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+
+CITYSCAPES_CLASSES = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic_light", "traffic_sign", "vegetation",
+    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+)  # fmt: skip
+
+CITYSCAPES_PALETTE = np.array(
+    [
+        (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
+        (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
+        (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
+    ],
+    dtype=np.uint8,
+)  # fmt: skip
+"""The official Cityscapes colours, in trainId order."""
+
+CITYSCAPES_LABEL_TO_TRAIN = {
+    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13,
+    27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
+}  # fmt: skip
+"""labelId -> trainId (reference section 5). Every other labelId 0..33 is void; so is 255 (-1, the license
+plate id, as stored in a uint8 PNG)."""
+
+# Appendix A of the reference: index = trainId after reduce-zero-label; the first synonym is the name.
+ADE20K_CLASSES = (
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
+    "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water",
+    "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence", "desk",
+    "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
+    "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand",
+    "path", "stairs", "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge",
+    "bookcase", "blind", "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove",
+    "palm", "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus",
+    "towel", "light", "truck", "tower", "chandelier", "awning", "streetlight", "booth", "television receiver",
+    "airplane", "dirt track", "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle",
+    "buffet", "poster", "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything",
+    "swimming pool", "stool", "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven",
+    "ball", "food", "step", "tank", "trade name", "microwave", "pot", "animal", "bicycle", "lake",
+    "dishwasher", "screen", "blanket", "sculpture", "hood", "sconce", "vase", "traffic light", "tray",
+    "ashcan", "fan", "pier", "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator", "glass",
+    "clock", "flag",
+)  # fmt: skip
+
+
+def _read_split_file(path: Path) -> list[str]:
+    """Ids from a split list: one per line, surrounding whitespace and blank lines ignored."""
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Base class
+
+
+class SegmentationDataset(Dataset):
+    """Base class: id list, image/mask paths, loading, label remapping, transforms.
+
+    Subclasses set `CLASSES`, `PALETTE` (or override `_read_classes`), `LAYOUT` (a one-line description of
+    the expected folder, used in error messages) and implement `_read_ids`, `image_path`, `mask_path`,
+    `_label_lut` and the classmethod `splits_on_disk`.
+    """
+
+    CLASSES: ClassVar[tuple[str, ...] | None] = None
+    PALETTE: ClassVar[np.ndarray | None] = None
+    LAYOUT: ClassVar[str] = ""
+
+    def __init__(self, root: str | Path, split: str, transforms: Transforms | None = None) -> None:
+        self.root = Path(root)
+        self.split = split
+        self.transforms = transforms
+        if not self.root.is_dir():
+            raise FileNotFoundError(
+                f"{type(self).__name__} root {self.root} is not a directory; expected {self.LAYOUT}"
+            )
+        self.classes: tuple[str, ...] = self._read_classes()
+        self.palette: np.ndarray = self._make_palette()
+        self.ids: list[str] = self._read_ids(split)
+        if not self.ids:
+            raise ValueError(
+                f"split {split!r} of {type(self).__name__} at {self.root} is empty ({self._split_source()}); "
+                "expected at least one image id"
+            )
+
+    # ---- hooks ----------------------------------------------------------------------------------------
+    @classmethod
+    def splits_on_disk(cls, root: str | Path) -> list[str]:
+        """The split names that exist under `root` (used by `check_dataset` when no split is given)."""
+        raise NotImplementedError
+
+    def _read_classes(self) -> tuple[str, ...]:
+        assert self.CLASSES is not None, f"{type(self).__name__} must define CLASSES"
+        return tuple(self.CLASSES)
+
+    def _make_palette(self) -> np.ndarray:
+        if self.PALETTE is not None:
+            return np.asarray(self.PALETTE, dtype=np.uint8)[: len(self.classes)]
+        return bitwise_palette(len(self.classes), start=1)
+
+    def _read_ids(self, split: str) -> list[str]:
+        raise NotImplementedError
+
+    def _split_source(self) -> str:
+        """Where the ids of this split come from (for messages)."""
+        return f"split {self.split!r}"
+
+    def image_path(self, i: int) -> Path:
+        raise NotImplementedError
+
+    def mask_path(self, i: int) -> Path:
+        raise NotImplementedError
+
+    def _label_lut(self, mask_path: Path) -> tuple[np.ndarray, str]:
+        """(lookup table from `label_lut`, description of the valid raw values) for one mask file."""
+        raise NotImplementedError
+
+    # ---- loading --------------------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _missing(self, kind: str, path: Path, i: int) -> FileNotFoundError:
+        return FileNotFoundError(
+            f"{kind} file {path} for id {self.ids[i]!r} ({self._split_source()}) does not exist; "
+            f"expected {self.LAYOUT}"
+        )
+
+    def load_image(self, i: int) -> tv_tensors.Image:
+        """Image `i` as uint8 (3, H, W) RGB."""
+        path = self.image_path(i)
+        if not path.is_file():
+            raise self._missing("image", path, i)
+        return tv_tensors.Image(read_image(path))
+
+    def load_mask(self, i: int) -> tv_tensors.Mask:
+        """Mask `i` as uint8 (H, W) train ids, void -> IGNORE_INDEX."""
+        path = self.mask_path(i)
+        if not path.is_file():
+            raise self._missing("mask", path, i)
+        lut, expected = self._label_lut(path)
+        mask = apply_label_lut(read_label_png(path), lut, path, expected)
+        return tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask)))
+
+    def load_raw(self, i: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+        """(image uint8 (3, H, W), mask uint8 (H, W)) without transforms; checks that the sizes agree."""
+        image, mask = self.load_image(i), self.load_mask(i)
+        if tuple(image.shape[-2:]) != tuple(mask.shape):
+            (h, w), (mh, mw) = image.shape[-2:], mask.shape
+            raise ValueError(
+                f"mask {self.mask_path(i)} is {mw}x{mh} (WxH) but image {self.image_path(i)} is {w}x{h}; "
+                "expected a mask of the same size as its image"
+            )
+        return image, mask
+
+    def __getitem__(self, i: int) -> Any:
+        image, mask = self.load_raw(i)
+        if self.transforms is None:
+            return image, mask
+        return self.transforms(image, mask)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, {len(self)} images)"
+
+
+# --------------------------------------------------------------------------------------------------------
+# PASCAL VOC
+
+
+class VOCSegmentation(SegmentationDataset):
+    """PASCAL VOC 2012 with the SBD-augmented labels; root = `VOCdevkit/VOC2012`.
+
+    Split `s` lists ids in `ImageSets/Segmentation/<s>.txt` (`trainaug` may also be called `train_aug`).
+    Images are `JPEGImages/<id>.jpg`; masks `SegmentationClass/<id>.png` or `SegmentationClassAug/<id>.png`:
+    for split `trainaug` the Aug folder is used when present (it holds the 10,582 SBD-derived labels), for
+    other splits `SegmentationClass` when present (the official labels), each falling back to the other.
+    Mask values 0..20 are classes (0 = background, a real class), 255 is void.
+    """
+
+    CLASSES: ClassVar[tuple[str, ...]] = VOC_CLASSES
+    PALETTE: ClassVar[np.ndarray] = bitwise_palette(len(VOC_CLASSES))
+    LAYOUT = (
+        "a VOC2012 folder with JPEGImages/<id>.jpg, SegmentationClass[Aug]/<id>.png and "
+        "ImageSets/Segmentation/<split>.txt"
+    )
+    IMAGE_EXT: ClassVar[str] = ".jpg"
+
+    @classmethod
+    def splits_on_disk(cls, root: str | Path) -> list[str]:
+        folder = Path(root) / "ImageSets" / "Segmentation"
+        return sorted(p.stem for p in folder.glob("*.txt")) if folder.is_dir() else []
+
+    def _split_files(self, split: str) -> list[Path]:
+        folder = self.root / "ImageSets" / "Segmentation"
+        names = [split] + (["train_aug"] if split == "trainaug" else [])
+        return [folder / f"{name}.txt" for name in names]
+
+    def _read_ids(self, split: str) -> list[str]:
+        candidates = self._split_files(split)
+        found = next((p for p in candidates if p.is_file()), None)
+        if found is None:
+            available = self.splits_on_disk(self.root)
+            raise FileNotFoundError(
+                f"split file {' or '.join(str(p) for p in candidates)} does not exist; expected one image id "
+                f"per line (splits found: {', '.join(available) or 'none'}; {self.LAYOUT})"
+            )
+        self._split_file = found
+        self._mask_dir = self._choose_mask_dir(split)
+        return _read_split_file(found)
+
+    def _choose_mask_dir(self, split: str) -> Path:
+        aug, plain = self.root / "SegmentationClassAug", self.root / "SegmentationClass"
+        order = (aug, plain) if split in ("trainaug", "train_aug") else (plain, aug)
+        return next((d for d in order if d.is_dir()), order[0])
+
+    def _split_source(self) -> str:
+        return str(self._split_file)
+
+    def image_path(self, i: int) -> Path:
+        return self.root / "JPEGImages" / f"{self.ids[i]}{self.IMAGE_EXT}"
+
+    def mask_path(self, i: int) -> Path:
+        return self._mask_dir / f"{self.ids[i]}.png"
+
+    def _label_lut(self, mask_path: Path) -> tuple[np.ndarray, str]:
+        k = self.num_classes
+        return label_lut({c: c for c in range(k)}, void=[IGNORE_INDEX]), (
+            f"neither a class index 0..{k - 1} nor the void value 255"
+        )
+
+
+# --------------------------------------------------------------------------------------------------------
+# ADE20k
+
+
+class ADE20kSegmentation(SegmentationDataset):
+    """ADE20k SceneParsing (ADEChallengeData2016); root = the folder holding `ADEChallengeData2016/` (the
+    reference layout) or that folder itself.
+
+    Splits `train` / `val` map to `images|annotations/training|validation/`. Ids come from
+    `ADEChallengeData2016/<split>.txt` when present, otherwise from the `*.jpg` files in the images folder.
+    Reduce-zero-label: raw 0 ("other") is void, raw 1..150 become classes 0..149.
+    """
+
+    CLASSES: ClassVar[tuple[str, ...]] = ADE20K_CLASSES
+    PALETTE: ClassVar[np.ndarray] = bitwise_palette(len(ADE20K_CLASSES), start=1)
+    LAYOUT = (
+        "a folder holding ADEChallengeData2016/images/{training,validation}/<id>.jpg and "
+        "ADEChallengeData2016/annotations/{training,validation}/<id>.png"
+    )
+    SPLIT_FOLDERS: ClassVar[dict[str, str]] = {"train": "training", "val": "validation"}
+
+    @staticmethod
+    def _base(root: Path) -> Path:
+        nested = root / "ADEChallengeData2016"
+        return nested if nested.is_dir() or not (root / "images").is_dir() else root
+
+    @classmethod
+    def splits_on_disk(cls, root: str | Path) -> list[str]:
+        base = cls._base(Path(root))
+        return [s for s, folder in cls.SPLIT_FOLDERS.items() if (base / "images" / folder).is_dir()]
+
+    def _read_ids(self, split: str) -> list[str]:
+        if split not in self.SPLIT_FOLDERS:
+            raise ValueError(f"unknown ADE20k split {split!r}; expected one of: {', '.join(self.SPLIT_FOLDERS)}")
+        self._dir = self._base(self.root)
+        self._folder = self.SPLIT_FOLDERS[split]
+        split_file = self._dir / f"{split}.txt"
+        if split_file.is_file():
+            self._source = str(split_file)
+            return _read_split_file(split_file)
+        images = self._dir / "images" / self._folder
+        if not images.is_dir():
+            raise FileNotFoundError(
+                f"ADE20k image folder {images} does not exist (and no split list {split_file}); "
+                f"expected {self.LAYOUT}"
+            )
+        self._source = f"*.jpg in {images}"
+        return sorted(p.stem for p in images.glob("*.jpg"))
+
+    def _split_source(self) -> str:
+        return self._source
+
+    def image_path(self, i: int) -> Path:
+        return self._dir / "images" / self._folder / f"{self.ids[i]}.jpg"
+
+    def mask_path(self, i: int) -> Path:
+        return self._dir / "annotations" / self._folder / f"{self.ids[i]}.png"
+
+    def _label_lut(self, mask_path: Path) -> tuple[np.ndarray, str]:
+        k = self.num_classes
+        return label_lut({raw: raw - 1 for raw in range(1, k + 1)}, void=[0]), (
+            f"neither a class value 1..{k} nor the void value 0 (raw ADE20k annotations, before reduce-zero-label)"
+        )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Cityscapes
+
+
+class CityscapesSegmentation(SegmentationDataset):
+    """Cityscapes fine annotations; root = the folder holding `leftImg8bit/` and `gtFine/`.
+
+    Ids are `<city>/<name>_leftImg8bit` (relative to `leftImg8bit/<split>/`, no extension, as in the
+    reference's split lists), read from `<root>/<split>.txt` when present, otherwise from the files
+    `leftImg8bit/<split>/<city>/*_leftImg8bit.png`. The mask of an id is
+    `gtFine/<split>/<city>/<name>_gtFine_labelTrainIds.png` when that file exists (used as is: 0..18, 255
+    void), else `<name>_gtFine_labelIds.png` mapped to the 19 trainIds (other labelIds and 255 are void).
+    """
+
+    CLASSES: ClassVar[tuple[str, ...]] = CITYSCAPES_CLASSES
+    PALETTE: ClassVar[np.ndarray] = CITYSCAPES_PALETTE
+    LAYOUT = (
+        "a folder holding leftImg8bit/<split>/<city>/<name>_leftImg8bit.png and "
+        "gtFine/<split>/<city>/<name>_gtFine_labelIds.png (or _gtFine_labelTrainIds.png)"
+    )
+    SUFFIX: ClassVar[str] = "_leftImg8bit"
+
+    @classmethod
+    def splits_on_disk(cls, root: str | Path) -> list[str]:
+        folder = Path(root) / "leftImg8bit"
+        return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+    def _read_ids(self, split: str) -> list[str]:
+        split_file = self.root / f"{split}.txt"
+        if split_file.is_file():
+            self._source = str(split_file)
+            ids = _read_split_file(split_file)
+            bad = [i for i in ids if not i.endswith(self.SUFFIX)]
+            if bad:
+                raise ValueError(
+                    f"split list {split_file} has ids not ending in {self.SUFFIX!r}, e.g. {bad[0]!r}; expected "
+                    "ids like 'aachen/aachen_000000_000019_leftImg8bit' (relative to leftImg8bit/<split>/)"
+                )
+            return ids
+        images = self.root / "leftImg8bit" / split
+        if not images.is_dir():
+            available = self.splits_on_disk(self.root)
+            raise FileNotFoundError(
+                f"Cityscapes split folder {images} does not exist (and no split list {split_file}); splits found: "
+                f"{', '.join(available) or 'none'}; expected {self.LAYOUT}"
+            )
+        self._source = f"*{self.SUFFIX}.png in {images}/<city>/"
+        files = images.glob(f"*/*{self.SUFFIX}.png")
+        return sorted(p.relative_to(images).with_suffix("").as_posix() for p in files)
+
+    def _split_source(self) -> str:
+        return self._source
+
+    def image_path(self, i: int) -> Path:
+        return self.root / "leftImg8bit" / self.split / f"{self.ids[i]}.png"
+
+    def mask_path(self, i: int) -> Path:
+        stem = self.ids[i][: -len(self.SUFFIX)]
+        folder = self.root / "gtFine" / self.split
+        train_ids = folder / f"{stem}_gtFine_labelTrainIds.png"
+        return train_ids if train_ids.is_file() else folder / f"{stem}_gtFine_labelIds.png"
+
+    def _label_lut(self, mask_path: Path) -> tuple[np.ndarray, str]:
+        if mask_path.name.endswith("_labelTrainIds.png"):
+            k = self.num_classes
+            return label_lut({c: c for c in range(k)}, void=[IGNORE_INDEX]), (
+                f"neither a trainId 0..{k - 1} nor the void value 255"
+            )
+        void = [v for v in range(34) if v not in CITYSCAPES_LABEL_TO_TRAIN] + [255]
+        return label_lut(CITYSCAPES_LABEL_TO_TRAIN, void=void), "not Cityscapes labelIds (0..33, or 255 for -1)"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Plain folder
+
+
+class FolderSegmentation(SegmentationDataset):
+    """Custom data; root holds `images/<stem>.{jpg,jpeg,png}`, `masks/<stem>.png` and `classes.txt`.
+
+    `classes.txt`: one class name per line, in index order. Masks hold class indices 0..K-1 and 255 for
+    void. Split `s` lists stems in `splits/<s>.txt` when that file exists; split `all` (when there is no
+    `splits/all.txt`) is every image in `images/`.
+    """
+
+    LAYOUT = (
+        "a folder with images/<stem>.jpg|.jpeg|.png, masks/<stem>.png (class indices, 255 = void), "
+        "classes.txt (one class name per line) and optionally splits/<split>.txt"
+    )
+    IMAGE_EXTS: ClassVar[tuple[str, ...]] = (".jpg", ".jpeg", ".png")
+    ALL: ClassVar[str] = "all"
+
+    @classmethod
+    def splits_on_disk(cls, root: str | Path) -> list[str]:
+        folder = Path(root) / "splits"
+        found = sorted(p.stem for p in folder.glob("*.txt")) if folder.is_dir() else []
+        return found + ([cls.ALL] if cls.ALL not in found else [])
+
+    def _read_classes(self) -> tuple[str, ...]:
+        path = self.root / "classes.txt"
+        if not path.is_file():
+            raise FileNotFoundError(f"class list {path} does not exist; expected one class name per line")
+        names = tuple(_read_split_file(path))
+        if not names:
+            raise ValueError(f"class list {path} is empty; expected one class name per line")
+        if len(names) > IGNORE_INDEX:
+            raise ValueError(f"class list {path} has {len(names)} classes; expected at most {IGNORE_INDEX}")
+        return names
+
+    def _read_ids(self, split: str) -> list[str]:
+        images = self.root / "images"
+        if not images.is_dir():
+            raise FileNotFoundError(f"image folder {images} does not exist; expected {self.LAYOUT}")
+        self._images = {p.stem: p for p in sorted(images.iterdir()) if p.suffix.lower() in self.IMAGE_EXTS}
+        split_file = self.root / "splits" / f"{split}.txt"
+        if split_file.is_file():
+            self._source = str(split_file)
+            return _read_split_file(split_file)
+        if split == self.ALL:
+            self._source = f"every image in {images}"
+            return sorted(self._images)
+        raise FileNotFoundError(
+            f"split file {split_file} does not exist; expected one image stem per line, or split 'all' for every "
+            f"image in {images} (splits found: {', '.join(self.splits_on_disk(self.root))})"
+        )
+
+    def _split_source(self) -> str:
+        return self._source
+
+    def image_path(self, i: int) -> Path:
+        stem = self.ids[i]
+        return self._images.get(stem, self.root / "images" / f"{stem}.jpg")
+
+    def mask_path(self, i: int) -> Path:
+        return self.root / "masks" / f"{self.ids[i]}.png"
+
+    def _missing(self, kind: str, path: Path, i: int) -> FileNotFoundError:
+        if kind == "image":
+            path = self.root / "images" / f"{self.ids[i]}{{{','.join(self.IMAGE_EXTS)}}}"
+        return super()._missing(kind, path, i)
+
+    def _label_lut(self, mask_path: Path) -> tuple[np.ndarray, str]:
+        k = self.num_classes
+        return label_lut({c: c for c in range(k)}, void=[IGNORE_INDEX]), (
+            f"neither a class index 0..{k - 1} (classes.txt) nor the void value 255"
+        )
+
+
+__all__ = [
+    "SegmentationDataset",
+    "VOCSegmentation",
+    "ADE20kSegmentation",
+    "CityscapesSegmentation",
+    "FolderSegmentation",
+    "read_image",
+    "read_label_png",
+    "label_lut",
+    "apply_label_lut",
+    "bitwise_palette",
+    "VOC_CLASSES",
+    "ADE20K_CLASSES",
+    "CITYSCAPES_CLASSES",
+    "CITYSCAPES_PALETTE",
+    "CITYSCAPES_LABEL_TO_TRAIN",
+]

@@ -1,0 +1,478 @@
+"""Inference with test-time options, the evaluation loop, and the per-run result file.
+
+Shapes: C classes; (H', W') the resized network input, (H, W) the original image / label size; logits are
+(1, C, ., .) float32. Pipeline (reference sections 5.2 and 8): the dataset gives the resized, normalised
+image and the label at its ORIGINAL size; the model's logits are resized bilinearly (align_corners=False)
+straight to (H, W) -- no crop back to (H', W') first, as the reference does -- then argmax. Every metric is
+computed twice, for the refined output (`PointRendOutput.logits`) and for the coarse stride-4 output
+(`coarse_logits`) upsampled the same way, so a run reports what the point head adds.
+
+Units: `EvalResult` and `SegmentationMetrics` hold fractions in [0, 1]; `run.json` holds percentages
+(0-100, as in the model-zoo table) for every metric, and says so in its `"units"` entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from pointrend_core.config import EvalConfig, IGNORE_INDEX, RowConfig
+from pointrend_core.engine.metrics import (
+    BoundaryIoU,
+    BoundaryMetrics,
+    ConfusionMatrix,
+    SegmentationMetrics,
+    all_reduce_,
+)
+from pointrend_core.files import atomic_write_json
+
+RUN_FILE = "run.json"
+TRAIN_FILE = "train.json"
+
+
+# --------------------------------------------------------------------------------------------------
+# Inference
+
+
+def slide_windows(
+    size: tuple[int, int], crop: tuple[int, int], stride: tuple[int, int]
+) -> list[tuple[int, int, int, int]]:
+    """Windows (y0, y1, x0, x1) covering an (H, W) image with crops (h, w) every (sh, sw) pixels.
+
+    mmseg's / sssegmentation's slide layout: ceil((H - h) / sh) + 1 rows of windows (at least one); the last
+    window of a row or column is shifted back to end at the image border, and windows are clipped to the
+    image when the image is smaller than the crop.
+    """
+    (height, width), (crop_h, crop_w), (stride_h, stride_w) = size, crop, stride
+    if min(crop_h, crop_w, stride_h, stride_w) < 1:
+        raise ValueError(f"slide crop {crop} and stride {stride} must be positive")
+    if stride_h > crop_h or stride_w > crop_w:
+        raise ValueError(f"slide stride {stride} larger than crop {crop} would leave pixels unpredicted")
+    rows = max(height - crop_h + stride_h - 1, 0) // stride_h + 1
+    cols = max(width - crop_w + stride_w - 1, 0) // stride_w + 1
+    windows = []
+    for r in range(rows):
+        y1 = min(r * stride_h + crop_h, height)
+        y0 = max(y1 - crop_h, 0)
+        for c in range(cols):
+            x1 = min(c * stride_w + crop_w, width)
+            x0 = max(x1 - crop_w, 0)
+            windows.append((y0, y1, x0, x1))
+    return windows
+
+
+def _resize(logits: Tensor, size: Sequence[int]) -> Tensor:
+    """Bilinear, align_corners=False (the reference everywhere); identity when the size already matches."""
+    size = (int(size[0]), int(size[1]))
+    if tuple(logits.shape[-2:]) == size:
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def _scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+
+
+def _forward(model: nn.Module, image: Tensor, amp_dtype: torch.dtype | None) -> tuple[Tensor, Tensor]:
+    """Model outputs for (1, 3, h, w): refined and coarse logits at the model's own resolutions, float32."""
+    with torch.autocast(device_type=image.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        out = model(image)
+    try:
+        refined, coarse = out.logits, out.coarse_logits
+    except AttributeError:
+        raise TypeError(
+            "evaluation needs a model output with .logits and .coarse_logits (PointRendOutput), "
+            f"got {type(out).__name__}"
+        ) from None
+    return refined.float(), coarse.float()
+
+
+def _forward_slide(
+    model: nn.Module, image: Tensor, cfg: EvalConfig, amp_dtype: torch.dtype | None
+) -> tuple[Tensor, Tensor]:
+    """Sliding-window logits (1, C, h, w) for both outputs: each window's outputs are resized to the window,
+    summed into place, and divided by how many windows cover each pixel."""
+    if cfg.slide_crop is None or cfg.slide_stride is None:
+        raise ValueError(
+            f"eval mode 'slide' needs slide_crop and slide_stride, got {cfg.slide_crop} and {cfg.slide_stride}"
+        )
+    height, width = image.shape[-2:]
+    refined_sum = coarse_sum = None
+    count = image.new_zeros(1, 1, height, width)
+    for y0, y1, x0, x1 in slide_windows((height, width), cfg.slide_crop, cfg.slide_stride):
+        refined, coarse = _forward(model, image[..., y0:y1, x0:x1], amp_dtype)
+        if refined_sum is None:
+            refined_sum = refined.new_zeros(1, refined.shape[1], height, width)
+            coarse_sum = coarse.new_zeros(1, coarse.shape[1], height, width)
+        refined_sum[..., y0:y1, x0:x1] += _resize(refined, (y1 - y0, x1 - x0))
+        coarse_sum[..., y0:y1, x0:x1] += _resize(coarse, (y1 - y0, x1 - x0))
+        count[..., y0:y1, x0:x1] += 1
+    return refined_sum / count, coarse_sum / count
+
+
+@torch.inference_mode()
+def predict(
+    model: nn.Module,
+    image: Tensor,
+    out_size: Sequence[int],
+    eval_cfg: EvalConfig,
+    amp_dtype: torch.dtype | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Refined and coarse logits (1, C, H, W) for one normalised image (1, 3, H', W'), at `out_size` (H, W).
+
+    For each scale s in `eval_cfg.scales` the image is resized bilinearly to int(s * (H', W') + 0.5) (s = 1 is
+    left untouched); with `eval_cfg.flip` it is also run mirrored (the output is mirrored back). Each pass is
+    'whole' (one forward, logits kept at the model's resolution) or 'slide' (windows `slide_crop` every
+    `slide_stride`, averaged where they overlap). Each pass's refined and coarse logits are resized
+    bilinearly straight to (H, W) and the passes are averaged as LOGITS, not probabilities: the reference's
+    `use_probs_before_resize` is False, and with its defaults (one scale, no flip) the two agree anyway.
+    `model` must already be in eval mode and on the image's device.
+    """
+    if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] != 3 or not image.is_floating_point():
+        raise ValueError(
+            f"predict expects one float image (1, 3, H, W), got dtype {image.dtype} shape {tuple(image.shape)}"
+        )
+    if eval_cfg.mode not in ("whole", "slide"):
+        raise ValueError(f"eval mode must be 'whole' or 'slide', got {eval_cfg.mode!r}")
+    if not eval_cfg.scales:
+        raise ValueError("eval scales must hold at least one scale, got ()")
+    refined_sum = coarse_sum = None
+    passes = 0
+    for scale in eval_cfg.scales:
+        if scale <= 0:
+            raise ValueError(f"eval scales must be positive, got {scale}")
+        scaled = _resize(image, _scaled_size(image.shape[-2], image.shape[-1], scale))
+        for flip in (False, True) if eval_cfg.flip else (False,):
+            x = scaled.flip(-1) if flip else scaled
+            if eval_cfg.mode == "slide":
+                refined, coarse = _forward_slide(model, x, eval_cfg, amp_dtype)
+            else:
+                refined, coarse = _forward(model, x, amp_dtype)
+            if flip:
+                refined, coarse = refined.flip(-1), coarse.flip(-1)
+            refined, coarse = _resize(refined, out_size), _resize(coarse, out_size)
+            refined_sum = refined if refined_sum is None else refined_sum + refined
+            coarse_sum = coarse if coarse_sum is None else coarse_sum + coarse
+            passes += 1
+    return refined_sum / passes, coarse_sum / passes
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation loop
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Dataset-level metrics (fractions in [0, 1]) for the refined and the coarse output, and timings.
+
+    `seconds` is the wall time of the loop (data loading included; under DDP the slowest rank) and
+    `images_per_second` = num_images / seconds over all processes.
+    """
+
+    refined: SegmentationMetrics
+    coarse: SegmentationMetrics
+    refined_boundary: BoundaryMetrics
+    coarse_boundary: BoundaryMetrics
+    num_images: int
+    seconds: float
+    images_per_second: float
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _check_item(index: int, image: Tensor, mask: Tensor) -> None:
+    if not (isinstance(image, Tensor) and image.dim() == 3 and image.shape[0] == 3 and image.is_floating_point()):
+        raise ValueError(
+            f"dataset item {index}: expected a normalised float image (3, H', W'), got "
+            f"{getattr(image, 'dtype', type(image).__name__)} shape {tuple(getattr(image, 'shape', ()))} "
+            "(use eval_transforms)"
+        )
+    if not (isinstance(mask, Tensor) and mask.dim() == 2 and not mask.is_floating_point()):
+        raise ValueError(
+            f"dataset item {index}: expected an integer label map (H, W) at the original size, got "
+            f"{getattr(mask, 'dtype', type(mask).__name__)} shape {tuple(getattr(mask, 'shape', ()))}"
+        )
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    eval_cfg: EvalConfig,
+    device: str | torch.device,
+    num_classes: int,
+    amp_dtype: torch.dtype | None = None,
+    progress: bool = True,
+    max_images: int | None = None,
+    workers: int = 0,
+    ignore_index: int = IGNORE_INDEX,
+) -> EvalResult:
+    """Evaluate `model` (already on `device`) on the first `max_images` items of `dataset` (all if None).
+
+    Items are (image float (3, H', W') resized + normalised, label int (H, W) at the original size); batch
+    size 1. Under torch.distributed each rank takes items rank, rank + world, ... (no padding duplicates,
+    so every image counts exactly once), and the metric states are all-reduced: every rank returns the
+    dataset-level result. The model is put in eval mode and restored to its previous mode afterwards.
+    """
+    device = torch.device(device)
+    rank, world = _dist_rank_world()
+    total = len(dataset) if max_images is None else min(len(dataset), max_images)
+    indices = list(range(rank, total, world))
+    loader = DataLoader(Subset(dataset, indices), batch_size=None, shuffle=False, num_workers=workers)
+    meters = {
+        name: (
+            ConfusionMatrix(num_classes, ignore_index),
+            BoundaryIoU(num_classes, eval_cfg.boundary_dilation_ratio, ignore_index),
+        )
+        for name in ("refined", "coarse")
+    }
+    was_training = model.training
+    model.eval()
+    start = time.perf_counter()
+    try:
+        bar = tqdm(loader, total=len(indices), desc="evaluate", unit="img", disable=not progress or rank != 0)
+        for position, (image, mask) in enumerate(bar):
+            _check_item(indices[position], image, mask)
+            image = image.to(device, non_blocking=True)[None]
+            mask = mask.to(device)
+            refined, coarse = predict(model, image, mask.shape, eval_cfg, amp_dtype)
+            for name, logits in (("refined", refined), ("coarse", coarse)):
+                pred = logits.argmax(dim=1)[0]
+                confusion, boundary = meters[name]
+                confusion.update(pred, mask)
+                boundary.update(pred, mask)
+    finally:
+        model.train(was_training)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
+    all_reduce_(seconds, dist.ReduceOp.MAX)
+    for confusion, boundary in meters.values():
+        confusion.all_reduce()
+        boundary.all_reduce()
+    elapsed = seconds.item()
+    return EvalResult(
+        refined=meters["refined"][0].compute(),
+        coarse=meters["coarse"][0].compute(),
+        refined_boundary=meters["refined"][1].compute(),
+        coarse_boundary=meters["coarse"][1].compute(),
+        num_images=total,
+        seconds=elapsed,
+        images_per_second=total / elapsed if elapsed > 0 else float("nan"),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# One run -> run.json
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN / inf -> None (JSON null) recursively; tuples -> lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _percent(value: float) -> float:
+    return 100.0 * value
+
+
+def _metrics_json(metrics: SegmentationMetrics, boundary: BoundaryMetrics, classes: Sequence[str]) -> dict[str, Any]:
+    """One output's metrics in percent, per-class values keyed by class name."""
+    return {
+        "mIoU": _percent(metrics.mIoU),
+        "aAcc": _percent(metrics.aAcc),
+        "mAcc": _percent(metrics.mAcc),
+        "IoU": {name: _percent(v) for name, v in zip(classes, metrics.iou)},
+        "Acc": {name: _percent(v) for name, v in zip(classes, metrics.acc)},
+        "boundary_mIoU": _percent(boundary.mIoU),
+        "boundary_IoU": {name: _percent(v) for name, v in zip(classes, boundary.iou)},
+    }
+
+
+def config_json(row: RowConfig) -> dict[str, Any]:
+    """`dataclasses.asdict(row)` with the dataset class replaced by its name (JSON-serialisable)."""
+    config = dataclasses.asdict(row)
+    config["data"]["dataset"] = row.data.dataset.__name__
+    return config
+
+
+def _cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo where there is one (Linux), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def environment(device: str | torch.device) -> dict[str, Any]:
+    """Software and hardware the run used (no hostname)."""
+    import torchvision
+
+    device = torch.device(device)
+    cuda_name = None
+    if torch.cuda.is_available():
+        cuda_name = torch.cuda.get_device_name(device if device.type == "cuda" else 0)
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": cuda_name if device.type == "cuda" else _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "cuda_device_name": cuda_name,
+        "world_size": _dist_rank_world()[1],
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _read_training_summary(out_dir: Path) -> dict[str, Any] | None:
+    path = out_dir / TRAIN_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a valid JSON training summary ({err}); fix or remove it") from None
+
+
+def _class_names(dataset: Dataset, row: RowConfig, num_classes: int) -> list[str]:
+    names = getattr(dataset, "classes", None) or getattr(row.data.dataset, "CLASSES", None)
+    if names is None:
+        return [f"class_{i}" for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise ValueError(
+            f"dataset {type(dataset).__name__} has {len(names)} classes but the model predicts {num_classes}"
+        )
+    return list(names)
+
+
+def evaluate_run(
+    row: RowConfig,
+    checkpoint: str | Path | None,
+    data_root: str | Path | None,
+    out_dir: str | Path,
+    device: str | torch.device = "cpu",
+    split: str | None = None,
+    max_images: int | None = None,
+    model: nn.Module | None = None,
+    *,
+    amp_dtype: torch.dtype | None = None,
+    workers: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate one table row and write `out_dir/run.json` (atomically, rank 0 only); returns its content.
+
+    The model is `model` if given, else `build_model(row)`; `checkpoint`, when given, is loaded into it with
+    `load_checkpoint` (None evaluates the weights as they are). The dataset is
+    `row.data.dataset(data_root or row.data.default_root, split or row.data.val_split,
+    transforms=eval_transforms(row.data))`.
+
+    run.json: `row`, `units`, `config` (asdict, dataset as class name), `checkpoint`, `data` (root, split,
+    images, classes), `published_mIoU`, `metrics.refined` / `metrics.coarse` (mIoU, aAcc, mAcc, per-class
+    IoU and Acc by class name, boundary_mIoU, per-class boundary_IoU), `gain_refined_minus_coarse`,
+    `delta_refined_minus_published_mIoU`, `timing` (images_per_second, seconds, num_images),
+    `environment`, `training` (the content of out_dir/train.json, or null). Every metric is a percentage
+    (0-100); a class that cannot be scored (NaN) is written as null.
+    """
+    out_dir = Path(out_dir)
+    training = _read_training_summary(out_dir)  # fail before a long evaluation, not after
+    root = Path(data_root if data_root is not None else row.data.default_root)
+    split = split or row.data.val_split
+    num_classes = row.model.num_classes
+
+    from pointrend_core.data.transforms import eval_transforms
+
+    dataset = row.data.dataset(root, split, transforms=eval_transforms(row.data))
+    classes = _class_names(dataset, row, num_classes)
+    if model is None:
+        from pointrend_core.model import build_model
+
+        model = build_model(row)
+    if checkpoint is not None:
+        from pointrend_core.checkpoints import load_checkpoint
+
+        load_checkpoint(model, checkpoint)
+    model.to(device)
+
+    result = evaluate(
+        model, dataset, row.eval, device, num_classes,
+        amp_dtype=amp_dtype, progress=progress, max_images=max_images, workers=workers,
+    )
+    refined = _metrics_json(result.refined, result.refined_boundary, classes)
+    coarse = _metrics_json(result.coarse, result.coarse_boundary, classes)
+    record = {
+        "row": row.name,
+        "units": "every metric is a percentage (0-100); null = class with no pixels to score",
+        "config": config_json(row),
+        "checkpoint": str(checkpoint) if checkpoint is not None else None,
+        "data": {
+            "dataset": row.data.dataset.__name__,
+            "root": str(root),
+            "split": split,
+            "num_images": result.num_images,
+            "dataset_size": len(dataset),
+            "max_images": max_images,
+            "classes": classes,
+        },
+        "published_mIoU": row.published_miou,
+        "metrics": {"refined": refined, "coarse": coarse},
+        "gain_refined_minus_coarse": {
+            key: refined[key] - coarse[key] for key in ("mIoU", "aAcc", "mAcc", "boundary_mIoU")
+        },
+        "delta_refined_minus_published_mIoU": (
+            refined["mIoU"] - row.published_miou if row.published_miou is not None else None
+        ),
+        "timing": {
+            "images_per_second": result.images_per_second,
+            "seconds": result.seconds,
+            "num_images": result.num_images,
+            "amp_dtype": str(amp_dtype).removeprefix("torch.") if amp_dtype is not None else None,
+            "eval_mode": row.eval.mode,
+        },
+        "environment": environment(device),
+        "training": training,
+    }
+    record = _json_safe(record)
+    if _dist_rank_world()[0] == 0:
+        atomic_write_json(out_dir / RUN_FILE, record)
+    return record
+
+
+__all__ = [
+    "predict",
+    "slide_windows",
+    "evaluate",
+    "EvalResult",
+    "evaluate_run",
+    "config_json",
+    "environment",
+    "RUN_FILE",
+]

@@ -1,0 +1,208 @@
+"""Running one table row from a notebook: optional small-scale overrides, training (in this process, or under
+`torch.distributed.run` for several GPUs), then the evaluation that writes run.json.
+
+The notebooks call these functions; the batch runner (`workbook.py`) only injects their parameters.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import deque
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+from pointrend_core.config import RowConfig, get_row
+from pointrend_core.model import PointRend, build_model
+
+
+def project_dir(start: str | os.PathLike | None = None) -> Path:
+    """The source checkout at or above `start` (default: the working directory), i.e. the nearest folder
+    holding both pyproject.toml and notebooks/; `start` itself when there is none.
+
+    JupyterLab starts a notebook's kernel in the notebook's own folder; changing to this folder first makes
+    the rows' relative defaults (data/..., runs/...) mean the same in JupyterLab, in papermill and on the CLI.
+    """
+    start = Path(start if start is not None else os.getcwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "notebooks").is_dir():
+            return folder
+    return start
+
+
+def configure_row(
+    config: str,
+    *,
+    crop_size: Sequence[int] | None = None,
+    base_size: Sequence[int] | None = None,
+    batch_size: int | None = None,
+) -> RowConfig:
+    """The row `config` with optional overrides (None keeps the recipe's value).
+
+    crop_size (h, w) of training crops, base_size (long, short) the images are resized to fit (at scale 1.0 in
+    training, and at test time), batch_size the total training batch. They exist for smoke tests and small
+    machines; a run with overrides is not the recipe, and its run.json records the overridden config.
+    """
+    row = get_row(config)
+    data = row.data
+    if crop_size is not None:
+        data = replace(data, crop_size=_pair("crop_size", crop_size))
+    if base_size is not None:
+        data = replace(data, base_size=_pair("base_size", base_size))
+    schedule = row.schedule
+    if batch_size is not None:
+        schedule = replace(schedule, batch_size=_positive("batch_size", batch_size))
+    return replace(row, data=data, schedule=schedule)
+
+
+def _pair(name: str, value: Sequence[int]) -> tuple[int, int]:
+    pair = tuple(int(v) for v in value)
+    if len(pair) != 2 or min(pair) < 1:
+        raise ValueError(f"{name} must be two positive integers, got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+def _positive(name: str, value: int) -> int:
+    if int(value) < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def distributed_command(
+    row: RowConfig,
+    data_root: str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    gpus: int,
+    *,
+    max_iters: int | None,
+    seed: int,
+    device: str,
+    workers: int | None = None,
+    pretrained_backbone: str | os.PathLike | None = None,
+) -> list[str]:
+    """`python -m torch.distributed.run --nproc_per_node=<gpus> -m pointrend_core train ...` for this row.
+
+    The CLI rebuilds the row from its name plus --crop and --batch-size; any other override (base_size) cannot
+    be passed on and is refused rather than silently training the unmodified recipe.
+    """
+    recipe = get_row(row.name)
+    passable = replace(
+        recipe,
+        data=replace(recipe.data, crop_size=row.data.crop_size),
+        schedule=replace(recipe.schedule, batch_size=row.schedule.batch_size),
+    )
+    if row != passable:
+        raise ValueError(
+            f"row {row.name!r} has overrides the training CLI cannot take (only crop_size and batch_size): "
+            "drop them or use gpus=1"
+        )
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+        "-m", "pointrend_core", "train", "--config", row.name, "--out-dir", str(out_dir),
+        "--seed", str(seed), "--device", device, "--no-progress",
+    ]
+    optional = {
+        "--data-root": data_root,
+        "--max-iters": max_iters,
+        "--workers": workers,
+        "--pretrained-backbone": pretrained_backbone,
+        "--batch-size": row.schedule.batch_size if row.schedule.batch_size != recipe.schedule.batch_size else None,
+    }
+    for flag, value in optional.items():
+        if value is not None:
+            command += [flag, str(value)]
+    if row.data.crop_size != recipe.data.crop_size:
+        command += ["--crop", *map(str, row.data.crop_size)]
+    return command
+
+
+def run_streaming(command: Sequence[str], keep: int = 20) -> None:
+    """Run `command`, echoing its output line by line (so that a notebook shows it as it comes, rather than the
+    kernel's terminal swallowing it); a non-zero exit raises RuntimeError with the last `keep` lines."""
+    tail: deque[str] = deque(maxlen=keep)
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            print(line, end="", flush=True)
+            tail.append(line)
+    if process.returncode != 0:
+        raise RuntimeError(
+            f"exit code {process.returncode} from: {' '.join(command)}\nlast output:\n{''.join(tail)}"
+        )
+
+
+def train_row(
+    row: RowConfig,
+    data_root: str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    *,
+    max_iters: int | None = None,
+    gpus: int = 1,
+    seed: int = 0,
+    device: str = "cpu",
+    workers: int | None = None,
+    pretrained_backbone: str | os.PathLike | None = None,
+) -> Path:
+    """Train `row` into `out_dir`; returns the final checkpoint. gpus > 1 launches one process per GPU.
+
+    `workers` data-loader processes per training process (None: the row's), `pretrained_backbone` the
+    ImageNet ResNet-v1c file the recipe starts from (None: random initialisation, with a note in the log).
+    """
+    out_dir = Path(out_dir)
+    if gpus > 1:
+        command = distributed_command(
+            row, data_root, out_dir, gpus, max_iters=max_iters, seed=seed, device=device, workers=workers,
+            pretrained_backbone=pretrained_backbone,
+        )
+        run_streaming(command)
+        return out_dir / "checkpoint_final.pth"
+    from pointrend_core.engine.train import TrainOptions, train
+
+    options = TrainOptions(
+        max_iters=max_iters, seed=seed, device=device, workers=workers, pretrained_backbone=pretrained_backbone,
+        progress=False,  # a notebook keeps every bar refresh as output; metrics.jsonl has the numbers
+    )
+    return Path(train(row, data_root, out_dir, options))
+
+
+@dataclass(frozen=True)
+class RowRun:
+    """What `train_and_evaluate` leaves: the run.json content, the evaluated checkpoint, and the network with
+    those weights (eval mode, on the evaluation device) for the figures that follow."""
+
+    record: dict[str, Any]
+    checkpoint: Path
+    model: PointRend
+
+
+def train_and_evaluate(
+    row: RowConfig,
+    data_root: str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    max_iters: int | None = None,
+    gpus: int = 1,
+    seed: int = 0,
+    device: str = "cpu",
+    workers: int | None = None,
+    pretrained_backbone: str | os.PathLike | None = None,
+    max_eval_images: int | None = None,
+) -> RowRun:
+    """Train (unless `checkpoint` is given: then that checkpoint is evaluated), evaluate refined and coarse
+    outputs on the validation split (the first `max_eval_images` only, when given) and write out_dir/run.json.
+    Training arguments as `train_row`."""
+    from pointrend_core.engine.evaluate import evaluate_run
+
+    if checkpoint is None:
+        checkpoint = train_row(
+            row, data_root, out_dir, max_iters=max_iters, gpus=gpus, seed=seed, device=device, workers=workers,
+            pretrained_backbone=pretrained_backbone,
+        )
+    model = build_model(row)
+    record = evaluate_run(
+        row, checkpoint, data_root, out_dir, device, max_images=max_eval_images, model=model, progress=False
+    )
+    return RowRun(record, Path(checkpoint), model.eval())

@@ -1,0 +1,330 @@
+"""Batch runner: execute the notebooks for table rows with papermill and render them to HTML reports.
+
+For each row: `notebooks/train_evaluate.ipynb` (train or load a checkpoint, evaluate refined and coarse) and
+`notebooks/point_selection.ipynb` (point-selection figures and the subdivision sweep) are executed with the
+row's parameters injected; the executed notebooks are kept in `runs/<row>/`, their HTML renderings written to
+`reports/<row>.html` and `reports/<row>_points.html`. Then `results.ipynb` becomes `reports/results.html` and
+`reports/index.html` links everything.
+
+A failing row is recorded in `runs/<row>/status.json` with its error and does not stop the others. A row that
+finished before (run.json present and status ok) is skipped unless `force`.
+
+    python -m pointrend_core.workbook run --rows demo
+    python -m pointrend_core.workbook run --rows pointrend_r50_voc --data-root data/VOCdevkit/VOC2012
+    python -m pointrend_core.workbook run --rows all --released-dir checkpoints/   # evaluate the released files
+    python -m pointrend_core.workbook run --rows pointrend_r50_voc,pointrend_r101_voc --data-root /data/voc
+    python -m pointrend_core.workbook run --rows all --data-root pointrend_r50_voc=/data/voc ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import sys
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Collection, Mapping, Sequence
+
+import nbformat
+import papermill
+from nbconvert import HTMLExporter
+from papermill.exceptions import PapermillExecutionError
+
+from pointrend_core.config import ROWS, get_row
+from pointrend_core.files import atomic_write_text
+from pointrend_core.reports import RowStatus, read_status, write_index_html
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+"""The notebooks of a source checkout (they are not part of the installed package)."""
+
+TRAIN_EVALUATE = "train_evaluate.ipynb"
+POINT_SELECTION = "point_selection.ipynb"
+RESULTS = "results.ipynb"
+
+
+def parse_rows(spec: str) -> list[str]:
+    """'demo' | 'all' | 'ROW,ROW' -> row names, validated against ROWS ('all' = the six table rows + demo)."""
+    names = list(ROWS) if spec.strip() == "all" else [name.strip() for name in spec.split(",") if name.strip()]
+    if not names:
+        raise ValueError(
+            f"--rows {spec!r} names no row; expected demo, all, or a comma-separated list of: {', '.join(ROWS)}"
+        )
+    for name in names:
+        get_row(name)  # raises KeyError listing the valid names
+    return names
+
+
+def parse_extra_params(items: Sequence[str]) -> dict[str, Any]:
+    """['max_iters=2', 'crop_size=(64, 64)', 'device=cpu'] -> {'max_iters': 2, 'crop_size': (64, 64), 'device': 'cpu'}.
+
+    Values are Python literals when they parse as one, otherwise strings.
+    """
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ValueError(f"--extra-param {item!r}: expected NAME=VALUE with a Python identifier as NAME")
+        try:
+            params[key.strip()] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            params[key.strip()] = text
+    return params
+
+
+def parse_data_roots(items: Sequence[str]) -> Path | dict[str, Path] | None:
+    """--data-root values: one PATH for every row, or ROW=PATH pairs (one per row)."""
+    if not items:
+        return None
+    pairs = [item.partition("=") for item in items]
+    if len(items) == 1 and pairs[0][0] not in ROWS:
+        return Path(items[0])
+    roots = {}
+    for item, (row, sep, path) in zip(items, pairs):
+        if not sep or row not in ROWS:
+            raise ValueError(
+                f"--data-root {item!r}: with several data roots each must be ROW=PATH, ROW one of: {', '.join(ROWS)}"
+            )
+        roots[row] = Path(path)
+    return roots
+
+
+def data_root_for(row: str, data_root: Path | Mapping[str, Path] | str | None) -> Path:
+    """The data root of `row`: the given one (a single path or this row's entry), else the row's default."""
+    if isinstance(data_root, Mapping):
+        data_root = data_root.get(row)
+    return Path(data_root) if data_root is not None else Path(get_row(row).data.default_root)
+
+
+def render_html(notebook_path: Path, html_path: Path) -> Path:
+    """Executed notebook -> self-contained HTML (figures embedded as data URIs), written atomically."""
+    notebook = nbformat.read(notebook_path, as_version=4)
+    body, _ = HTMLExporter().from_notebook_node(notebook)
+    return atomic_write_text(html_path, body)
+
+
+def declared_parameters(notebook: Path) -> set[str]:
+    """Names assigned in the notebook's cell tagged `parameters`."""
+    return set(papermill.inspect_notebook(str(notebook)))
+
+
+def _injectable(value: Any) -> Any:
+    """papermill writes lists but not tuples as Python literals (a tuple would arrive as its string)."""
+    if isinstance(value, (tuple, list)):
+        return [_injectable(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def execute(notebook: Path, output: Path, parameters: Mapping[str, Any], html_path: Path) -> None:
+    """Run `notebook` with `parameters` into `output`, then render `html_path`, also when a cell failed (the
+    rendered error is the most useful report of a failure); the failure is re-raised after rendering."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        papermill.execute_notebook(
+            str(notebook),
+            str(output),
+            parameters={key: _injectable(value) for key, value in parameters.items()},
+            kernel_name="python3",
+            progress_bar=False,
+            cwd=os.getcwd(),
+        )
+    finally:
+        if output.is_file():
+            render_html(output, html_path)
+
+
+def _error_message(notebook: str, err: BaseException) -> str:
+    if isinstance(err, PapermillExecutionError):
+        return f"{notebook}: {err.ename}: {err.evalue}"
+    return f"{notebook}: {type(err).__name__}: {err}"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _ensure_demo_data(row: str, root: Path) -> None:
+    """The demo row generates its dataset on first use; other rows need the real data (the dataset class
+    reports a missing root with the layout it expects)."""
+    if row == "demo" and not root.exists():
+        from pointrend_core.data.demo import make_demo_dataset
+
+        make_demo_dataset(root)
+
+
+def run_row(
+    row: str, data_root: Path, out_dir: Path, reports_dir: Path, jobs: Sequence[tuple[Path, str, Mapping[str, Any]]]
+) -> RowStatus:
+    """Execute the row's notebooks in order (`jobs`: notebook, report file name, parameters), stopping at the
+    first failure, and record the outcome in out_dir/status.json. A failure is returned, not raised."""
+    started = time.perf_counter()
+    for _, html_name, _ in jobs:  # reports of an earlier run of this row must not pass for this run's
+        (reports_dir / html_name).unlink(missing_ok=True)
+    error = None
+    step = "data"
+    try:
+        _ensure_demo_data(row, data_root)
+        for notebook, html_name, parameters in jobs:
+            step = notebook.name
+            execute(notebook, out_dir / notebook.name, parameters, reports_dir / html_name)
+    except Exception as err:  # a row's failure is its status, not the batch's end
+        error = _error_message(step, err)
+    status = RowStatus(
+        row=row,
+        ok=error is None,
+        error=error,
+        seconds=round(time.perf_counter() - started, 1),
+        finished=_now(),
+        reports=tuple(name for _, name, _ in jobs if (reports_dir / name).is_file()),
+    )
+    status.write(out_dir)
+    return status
+
+
+def is_finished(run_dir: Path) -> RowStatus | None:
+    """The stored status when the row finished successfully before (run.json present), else None."""
+    status = read_status(run_dir)
+    if status is not None and status.ok and (run_dir / "run.json").is_file():
+        return status
+    return None
+
+
+def run_rows(
+    rows: Sequence[str],
+    *,
+    data_root: Path | Mapping[str, Path] | str | None = None,
+    runs_dir: str | os.PathLike = "runs",
+    reports_dir: str | os.PathLike = "reports",
+    max_iters: int | None = None,
+    force: bool = False,
+    device: str = "cpu",
+    extra_params: Mapping[str, Any] | None = None,
+    points: bool | Collection[str] = True,
+    released_dir: str | os.PathLike | None = None,
+    notebooks_dir: str | os.PathLike | None = None,
+) -> dict[str, RowStatus]:
+    """Run every row in `rows` (names from ROWS) and write the results report and reports/index.html.
+
+    `data_root` is one path for every row, a {row: path} mapping, or None for each row's default root.
+    `max_iters`, `device` and `extra_params` (any parameter the notebooks declare, e.g. crop_size,
+    batch_size, gpus, checkpoint) are injected into the notebooks; a parameter no notebook declares is an
+    error. `points` says for which rows the point-selection notebook runs: all (True), none (False) or the
+    named ones. With `released_dir`, every row that has a released checkpoint (`RowConfig.release_file`)
+    evaluates `released_dir/<release_file>` instead of training. Returns each row's status; skipped rows
+    (finished before, not forced) carry `skipped=True`.
+    """
+    runs_dir, reports_dir = Path(runs_dir), Path(reports_dir)
+    notebooks_dir = Path(notebooks_dir) if notebooks_dir is not None else NOTEBOOKS_DIR
+    for name in (TRAIN_EVALUATE, POINT_SELECTION, RESULTS):
+        if not (notebooks_dir / name).is_file():
+            raise FileNotFoundError(
+                f"notebook {notebooks_dir / name} not found; run from a source checkout or pass notebooks_dir"
+            )
+    parameters = {"max_iters": max_iters, "device": device, **(extra_params or {})}
+    if released_dir is not None and "checkpoint" in parameters:
+        raise ValueError("give either released_dir (one checkpoint per row) or a checkpoint parameter, not both")
+    declared = {name: declared_parameters(notebooks_dir / name) for name in (TRAIN_EVALUATE, POINT_SELECTION)}
+    unknown = sorted(set(parameters) - set().union(*declared.values()))
+    if unknown:
+        raise ValueError(
+            f"unknown notebook parameter(s) {', '.join(unknown)}; the notebooks declare: "
+            f"{', '.join(sorted(set().union(*declared.values())))}"
+        )
+    for row in rows:
+        get_row(row)
+
+    statuses: dict[str, RowStatus] = {}
+    for row in rows:
+        out_dir = runs_dir / row
+        previous = None if force else is_finished(out_dir)
+        if previous is not None:
+            statuses[row] = replace(previous, skipped=True)
+            print(f"[workbook] {row}: finished before, skipped (use --force to re-run)", flush=True)
+            continue
+        root = data_root_for(row, data_root)
+        release_file = get_row(row).release_file
+        row_parameters = dict(parameters)
+        if released_dir is not None and release_file is not None:
+            row_parameters["checkpoint"] = str(Path(released_dir, release_file).resolve())
+        row_parameters |= {
+            "config": row,
+            "data_root": str(root.resolve()),
+            "out_dir": str(out_dir.resolve()),
+        }
+        wanted = [(TRAIN_EVALUATE, f"{row}.html")]
+        if points if isinstance(points, bool) else row in points:
+            wanted.append((POINT_SELECTION, f"{row}_points.html"))
+        jobs = [
+            (notebooks_dir / name, html_name, {k: v for k, v in row_parameters.items() if k in declared[name]})
+            for name, html_name in wanted
+        ]
+        print(f"[workbook] {row}: running", flush=True)
+        status = statuses[row] = run_row(row, root, out_dir, reports_dir, jobs)
+        outcome = "ok" if status.ok else f"FAILED: {status.error}"
+        print(f"[workbook] {row}: {outcome} ({status.seconds} s)", flush=True)
+
+    try:
+        execute(
+            notebooks_dir / RESULTS,
+            runs_dir / RESULTS,
+            {"runs_dir": str(runs_dir.resolve())},
+            reports_dir / "results.html",
+        )
+    except Exception as err:  # the index still gets written; it links whatever exists
+        print(f"[workbook] results report failed: {_error_message(RESULTS, err)}", file=sys.stderr, flush=True)
+    write_index_html(reports_dir, runs_dir, statuses)
+    return statuses
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pointrend_core.workbook", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="execute the notebooks for some rows and write reports/")
+    run.add_argument("--rows", required=True, help=f"demo | all | comma-separated names from: {', '.join(ROWS)}")
+    run.add_argument(
+        "--data-root", action="append", default=[], metavar="PATH|ROW=PATH",
+        help="data root for every row, or ROW=PATH (repeatable); default: each row's default_root",
+    )
+    run.add_argument("--runs-dir", default="runs")
+    run.add_argument("--reports-dir", default="reports")
+    run.add_argument(
+        "--max-iters", type=int, default=None, help="stop training after N iterations (default: the full recipe)"
+    )
+    run.add_argument("--force", action="store_true", help="re-run rows that finished before")
+    run.add_argument("--device", default="cpu")
+    run.add_argument("--no-points", action="store_true", help="skip the point-selection notebook")
+    run.add_argument(
+        "--released-dir", type=Path, metavar="DIR",
+        help="evaluate the released sssegmentation checkpoints in DIR (model-zoo file names) instead of training",
+    )
+    run.add_argument(
+        "--extra-param", action="append", default=[], metavar="NAME=VALUE",
+        help="another notebook parameter (Python literal or string), e.g. gpus=2, checkpoint=x.pth, crop_size=(64,64)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        rows = parse_rows(args.rows)
+        statuses = run_rows(
+            rows,
+            data_root=parse_data_roots(args.data_root),
+            runs_dir=args.runs_dir,
+            reports_dir=args.reports_dir,
+            max_iters=args.max_iters,
+            force=args.force,
+            device=args.device,
+            extra_params=parse_extra_params(args.extra_param),
+            points=not args.no_points,
+            released_dir=args.released_dir,
+        )
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        parser.error(err.args[0] if isinstance(err, KeyError) else str(err))  # KeyError's str() adds quotes
+    print(f"[workbook] index: {Path(args.reports_dir) / 'index.html'}")
+    return 0 if all(status.ok for status in statuses.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""`python -m pointrend_core`: argument errors, check-data exit codes, make-demo-data, and a tiny train +
+evaluate through the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pointrend_core.__main__ import build_parser, main, resolve_row
+from pointrend_core.data.demo import DemoShapes
+from pointrend_core.data.synthetic_trees import write_voc_tree
+
+
+def _exit_code(argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    return int(exited.value.code)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--config", "nope"], "unknown config 'nope'; expected one of: pointrend_r50_voc, pointrend_r101_voc"),
+        (["train"], "the following arguments are required: --config"),
+        (["train", "--config", "demo", "--max-iters", "0"], "--max-iters: expected a positive integer, got '0'"),
+        (["train", "--config", "demo", "--crop", "64"], "--crop: expected 2 arguments"),
+        (["train", "--config", "demo", "--amp", "fp8"], "--amp: invalid choice: 'fp8'"),
+        (["train", "--config", "demo", "--workers", "-1"], "--workers: expected an integer >= 0, got '-1'"),
+        (["evaluate", "--config", "demo"], "the following arguments are required: --checkpoint"),
+        (["check-data", "--dataset", "coco", "--root", "x"], "--dataset: invalid choice: 'coco'"),
+        (["make-demo-data"], "the following arguments are required: --out"),
+        ([], "the following arguments are required: COMMAND"),
+    ],
+)
+def test_argument_errors_exit_2_with_a_message(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    assert _exit_code(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_overrides_replace_the_row() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["train", "--config", "pointrend_r50_voc", "--batch-size", "4", "--crop", "96", "128"])
+    row = resolve_row(parser, args)
+    assert row.name == "pointrend_r50_voc"
+    assert row.schedule.batch_size == 4 and row.data.crop_size == (96, 128)
+    assert row.schedule.epochs == 60 and row.data.base_size == (2048, 512)  # the rest of the recipe is kept
+    untouched = resolve_row(parser, parser.parse_args(["train", "--config", "pointrend_r50_voc"]))
+    assert untouched.schedule.batch_size == 16 and untouched.data.crop_size == (512, 512)
+    assert parser.parse_args(["train", "--config", "demo", "--out-dir", "x"]).out == Path("x")  # alias
+
+
+@pytest.fixture(scope="module")
+def voc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_voc_tree(tmp_path_factory.mktemp("voc") / "VOC2012", num_images=3, size=(40, 48), seed=1)
+
+
+def test_check_data_exits_0_with_a_summary_on_good_data(voc_root: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["check-data", "--dataset", "voc", "--root", str(voc_root)]) == 0
+    assert capsys.readouterr().out == f"ok: VOCSegmentation at {voc_root}: train 3 images, val 3 images\n"
+    assert main(["check-data", "--dataset", "voc", "--root", str(voc_root), "--split", "val"]) == 0
+    assert capsys.readouterr().out == f"ok: VOCSegmentation at {voc_root}: val 3 images\n"
+
+
+def test_check_data_prints_every_problem_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = write_voc_tree(tmp_path / "VOC2012", num_images=3, size=(40, 48), seed=1)
+    (root / "SegmentationClass" / "2007_000001.png").unlink()
+    (root / "JPEGImages" / "2007_010002.jpg").write_bytes(b"not a jpeg")
+    assert main(["check-data", "--dataset", "voc", "--root", str(root)]) == 1
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert len(lines) == 2
+    assert "2007_000001.png" in lines[0] and "does not exist" in lines[0]
+    assert "2007_010002.jpg" in lines[1]
+    assert "2 problem(s) in VOCSegmentation" in captured.err
+    assert main(["check-data", "--dataset", "ade20k", "--root", str(tmp_path / "missing")]) == 1
+    assert "is not a directory" in capsys.readouterr().out
+
+
+def test_runtime_errors_exit_1_naming_the_problem(tmp_path: Path, voc_root: Path, capsys: pytest.CaptureFixture) -> None:
+    missing = tmp_path / "missing.pth"
+    code = main(["evaluate", "--config", "demo", "--data-root", str(voc_root), "--checkpoint", str(missing),
+                 "--device", "cpu", "--no-progress"])
+    assert code == 1
+    assert f"{missing} does not exist" in capsys.readouterr().err
+    absent = tmp_path / "no_data"
+    code = main(["train", "--config", "demo", "--data-root", str(absent), "--out", str(tmp_path / "run"),
+                 "--device", "cpu"])
+    assert code == 1
+    assert f"error: DemoShapes root {absent} is not a directory" in capsys.readouterr().err
+    code = main(["train", "--config", "demo", "--data-root", str(voc_root), "--out", str(tmp_path / "run"),
+                 "--device", "cpu", "--amp", "fp16"])
+    assert code == 1
+    assert "amp 'fp16' needs CUDA" in capsys.readouterr().err
+
+
+def test_make_demo_data_train_and_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = tmp_path / "demo"
+    assert main(["make-demo-data", "--out", str(root), "--num-images", "6", "--seed", "2"]) == 0
+    assert capsys.readouterr().out == f"demo dataset written to {root}\n"
+    train_images = len(DemoShapes(root, "train"))
+    assert train_images >= 2 and len(DemoShapes(root, "val")) >= 1
+
+    out = tmp_path / "run"
+    code = main(["train", "--config", "demo", "--data-root", str(root), "--out", str(out), "--crop", "64", "64",
+                 "--batch-size", "2", "--max-iters", "2", "--device", "cpu", "--workers", "0", "--no-progress",
+                 "--seed", "4"])
+    assert code == 0
+    assert capsys.readouterr().out == f"final checkpoint: {out / 'checkpoint_final.pth'}\n"
+    summary = json.loads((out / "train.json").read_text())
+    assert summary["iterations"] == 2 and summary["seed"] == 4 and summary["config"]["data"]["crop_size"] == [64, 64]
+
+    code = main(["evaluate", "--config", "demo", "--data-root", str(root), "--checkpoint",
+                 str(out / "checkpoint_final.pth"), "--max-images", "1", "--device", "cpu", "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("demo: mIoU ") and printed.rstrip().endswith(str(out / "run.json"))
+    run = json.loads((out / "run.json").read_text())
+    assert run["data"]["num_images"] == 1 and run["checkpoint"] == str(out / "checkpoint_final.pth")
+    assert run["training"]["iterations"] == 2  # the training summary is merged into the run record
+    assert 0 <= run["metrics"]["refined"]["mIoU"] <= 100

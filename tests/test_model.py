@@ -1,0 +1,130 @@
+"""The segmentor: shapes for every row, gradients, float64, dilation, BN folding."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from pointrend_core import ROWS, build_model, fuse_for_inference
+from pointrend_core.config import DEMO, IGNORE_INDEX, ModelConfig
+from pointrend_core.model import PointRend
+
+
+@pytest.fixture(scope="module")
+def demo_model() -> PointRend:
+    torch.manual_seed(0)
+    return build_model("demo")
+
+
+@pytest.mark.parametrize("row,size", [(row, (70, 45)) for row in ROWS] + [("demo", (64, 96))])
+def test_every_row_gives_refined_and_coarse_logits_of_the_right_shape(row, size):
+    model = build_model(row).eval()
+    classes = ROWS[row].model.num_classes
+    h, w = size
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, h, w))
+    coarse = (-(-h // 4), -(-w // 4))
+    assert out.coarse_logits.shape == (1, classes, *coarse)
+    assert out.logits.shape == (1, classes, 4 * coarse[0], 4 * coarse[1])
+    assert torch.isfinite(out.logits).all()
+
+
+def test_subdivision_steps_record_what_was_chosen(demo_model):
+    model = demo_model.eval()
+    model.subdivision_num_points = 100
+    try:
+        with torch.no_grad():
+            out = model(torch.randn(2, 3, 64, 96), record_steps=True)
+    finally:
+        model.subdivision_num_points = DEMO.model.subdivision_num_points
+    assert [s.logits.shape[-2:] for s in out.steps] == [(32, 48), (64, 96)]
+    last = out.steps[-1]
+    assert last.point_indices.shape == (2, 100) and last.point_coords.shape == (2, 100, 2)
+    assert last.uncertainty.shape == (2, 1, 64, 96)
+    # Only the chosen cells differ from the upsampled prediction.
+    changed = (out.logits != last.logits).any(1).view(2, -1)
+    for b in range(2):
+        assert set(changed[b].nonzero()[:, 0].tolist()) <= set(last.point_indices[b].tolist())
+    assert not model(torch.randn(1, 3, 32, 32)).steps  # steps are opt-in
+
+
+def test_eval_uses_the_reference_point_budget():
+    cfg = ROWS["pointrend_r50_voc"].model
+    assert (cfg.subdivision_steps, cfg.subdivision_num_points, cfg.train_num_points) == (2, 8196, 2048)
+    assert (cfg.oversample_ratio, cfg.importance_sample_ratio) == (3.0, 0.75)
+    assert (cfg.aux_loss_weight, cfg.point_loss_weight) == (0.4, 1.0)
+
+
+def test_training_forward_returns_weighted_losses_and_reaches_every_parameter(demo_model):
+    model = demo_model.train()
+    model.zero_grad()
+    targets = torch.randint(0, model.num_classes, (2, 64, 64))
+    targets[:, :8] = IGNORE_INDEX
+    losses = model(torch.randn(2, 3, 64, 64), targets)
+    assert set(losses) == {"loss_aux", "loss_point"}
+    sum(losses.values()).backward()
+    without = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert without == []
+
+
+def test_all_ignored_crop_gives_zero_loss_not_nan(demo_model):
+    model = demo_model.train()
+    targets = torch.full((2, 64, 64), IGNORE_INDEX)
+    losses = model(torch.randn(2, 3, 64, 64), targets)
+    assert all(v.item() == 0.0 for v in losses.values())
+
+
+def test_float64_model_matches_float32():
+    torch.manual_seed(0)
+    model = build_model("demo").eval()
+    for m in model.modules():  # realistic BN statistics keep logits O(1)
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_var.fill_(2.0)
+    x = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        out32 = model(x)
+        out64 = model.double()(x.double())
+    assert out64.logits.dtype == torch.float64
+    assert torch.allclose(out32.coarse_logits.double(), out64.coarse_logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_dilated_backbones_keep_resolution(depth, output_stride):
+    model = PointRend(ModelConfig(num_classes=3, depth=depth, output_stride=output_stride)).eval()
+    with torch.no_grad():
+        features = model.backbone_net(torch.randn(1, 3, 64, 64))
+    expected = {16: [16, 8, 4, 4], 8: [16, 8, 8, 8]}[output_stride]
+    assert [f.shape[-1] for f in features] == expected
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).logits.shape == (1, 3, 64, 64)
+
+
+def test_bad_model_settings_are_rejected():
+    with pytest.raises(ValueError, match="depth must be one of"):
+        PointRend(ModelConfig(num_classes=3, depth=42))
+    with pytest.raises(ValueError, match="output_stride"):
+        PointRend(ModelConfig(num_classes=3, output_stride=4))
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        PointRend(ModelConfig(num_classes=1))
+
+
+def test_row_class_count_must_match_its_dataset():
+    with pytest.raises(ValueError, match="model has 5 classes but VOCSegmentation has 21"):
+        dataclasses.replace(ROWS["pointrend_r50_voc"], model=ModelConfig(num_classes=5))
+
+
+def test_bn_folding_keeps_outputs(demo_model):
+    model = demo_model.eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(1.0, 2.0)
+        x = torch.randn(1, 3, 64, 64)
+        plain = model(x)
+        fused_model = fuse_for_inference(model)
+        fused = fused_model(x)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in fused_model.modules())
+    assert torch.allclose(plain.coarse_logits, fused.coarse_logits, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(plain.logits, fused.logits, rtol=1e-4, atol=1e-4)
