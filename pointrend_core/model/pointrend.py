@@ -16,6 +16,7 @@ Shapes: B batch, C classes, input (B, 3, H, W), coarse (B, C, h, w) with h = cei
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -163,7 +164,7 @@ def fuse_for_inference(model: PointRend) -> PointRend:
     Outputs match the unfused model in eval mode within float rounding (about 1e-5 relative in float32).
     The copy's state dict has no BatchNorm entries: keep the original for saving and loading.
     """
-    fused = _deepcopy_eval(model)
+    fused = copy.deepcopy(model).eval()
     for parent in fused.modules():
         names = list(parent._modules)
         for first, second in zip(names, names[1:]):
@@ -178,11 +179,3 @@ def fuse_for_inference(model: PointRend) -> PointRend:
                 setattr(parent, f"conv{index}", torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn))
                 setattr(parent, f"bn{index}", nn.Identity())
     return fused
-
-
-def _deepcopy_eval(model: nn.Module) -> PointRend:
-    import copy
-
-    copied = copy.deepcopy(model)
-    copied.eval()
-    return copied
