@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from pointrend_core.config import EvalConfig, RowConfig
+from pointrend_core.config import EvalConfig, ModelConfig, RowConfig
 from pointrend_core.data.datasets import SegmentationDataset
 from pointrend_core.engine.evaluate import RUN_FILE, evaluate, predict
 from pointrend_core.model import PointRend, PointRendOutput, build_model
@@ -127,22 +127,34 @@ def prediction_samples(
     return samples
 
 
+def default_sweep(cfg: ModelConfig) -> tuple[list[int], list[int]]:
+    """(steps, points) a sweep covers by default: 0 (coarse) up to the row's steps, and a quarter, half and
+    all of the row's points per step (8196 for the table rows, 4096 for demo)."""
+    n = cfg.subdivision_num_points
+    return list(range(cfg.subdivision_steps + 1)), sorted({max(n // 4, 1), max(n // 2, 1), n})
+
+
 def subdivision_sweep(
     model: PointRend,
     dataset: SegmentationDataset,
     eval_cfg: EvalConfig,
-    steps: Sequence[int],
-    points: Sequence[int],
+    steps: Sequence[int] | None,
+    points: Sequence[int] | None,
     device: str | torch.device = "cpu",
     max_images: int | None = None,
 ) -> pd.DataFrame:
     """Evaluate every (subdivision steps, points per step) pair on the first `max_images` images.
 
-    The model's inference settings are changed in place and restored afterwards (they live on the module,
-    not in its frozen config). Steps = 0 is the upsampled coarse prediction; it is evaluated once, with
-    points = 0. Returns one line per setting: steps, points, mIoU, boundary_mIoU (percent, refined output),
-    seconds_per_image (wall time of the evaluation loop, data loading included), images.
+    None for `steps` or `points` takes `default_sweep(model.cfg)`, which always includes the row's own
+    setting. The model's inference settings are changed in place and restored afterwards (they live on the
+    module, not in its frozen config). Steps = 0 is the upsampled coarse prediction; it is evaluated once,
+    with points = 0. Returns one line per setting: steps, points, mIoU, boundary_mIoU (percent, refined
+    output), seconds_per_image (wall time of the evaluation loop, data loading included), images, and
+    row_setting (True on the line of the row's own steps and points).
     """
+    default_steps, default_points = default_sweep(model.cfg)
+    steps = default_steps if steps is None else steps
+    points = default_points if points is None else points
     if any(s < 0 for s in steps) or any(p < 1 for p in points):
         raise ValueError(f"sweep needs steps >= 0 and points >= 1, got steps {list(steps)} and points {list(points)}")
     settings = sorted({(s, p if s > 0 else 0) for s in steps for p in points})
@@ -165,6 +177,8 @@ def subdivision_sweep(
                     "boundary_mIoU": 100.0 * result.refined_boundary.mIoU,
                     "seconds_per_image": result.seconds / max(result.num_images, 1),
                     "images": result.num_images,
+                    "row_setting": (num_steps, num_points)
+                    == (model.cfg.subdivision_steps, model.cfg.subdivision_num_points),
                 }
             )
     finally:

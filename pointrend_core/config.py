@@ -2,8 +2,8 @@
 
 A row (`RowConfig`) bundles what one line of the table needs: the network (`ModelConfig`), the data
 recipe (`DataConfig`), the optimisation schedule (`ScheduleConfig`) and the evaluation protocol
-(`EvalConfig`). Values follow the sssegmentation reference (`shared/reference/sssegmentation-pointrend.md`,
-sections 2-8). Overrides are made with `dataclasses.replace`, never by mutating a row.
+(`EvalConfig`). Values follow the sssegmentation reference (`docs/reference-recipe.md`,
+§2-§8). Overrides are made with `dataclasses.replace`, never by mutating a row.
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ class ModelConfig:
     scale_head_channels: int = 128
     point_head_channels: int = 256
     num_point_fcs: int = 3
-    # Training-time point selection (PointRend paper, section 3.1 / reference section 3.2).
+    # Training-time point selection (PointRend paper, section 3.1 / recipe §3.2).
     train_num_points: int = 2048
     oversample_ratio: float = 3.0
     importance_sample_ratio: float = 0.75
-    # Inference-time adaptive subdivision (reference section 3.1).
+    # Inference-time adaptive subdivision (recipe §3.1).
     subdivision_steps: int = 2
     subdivision_num_points: int = 8196  # sic: the reference uses 8196, not 8192
-    # Loss weights (reference section 6).
+    # Loss weights (recipe §6).
     aux_loss_weight: float = 0.4
     point_loss_weight: float = 1.0
 

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from pointrend_core.config import ROWS
+from pointrend_core.config import ROWS, RowConfig
 from pointrend_core.files import atomic_write_json, atomic_write_text
 
 NOT_RUN = "not run"
@@ -194,6 +194,90 @@ def per_class_table(run: Mapping[str, Any]) -> pd.DataFrame:
     return table.round(2)
 
 
+def recipe_table(row: RowConfig, checkpoint: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The row's recipe in one column ("setting"), for the top of a report: network, data, schedule, points."""
+    model, data, schedule = row.model, row.data, row.schedule
+    settings = {
+        "row": row.name,
+        "network": f"ResNet-{model.depth} v1c, output stride {model.output_stride}, FPN {model.fpn_channels} ch",
+        "dataset": f"{data.dataset.__name__} (train {data.train_split}, evaluate {data.val_split})",
+        "training crop": f"{data.crop_size[0]} × {data.crop_size[1]}",
+        "test-time resize": f"to fit {data.base_size[0]} × {data.base_size[1]} (long × short side)",
+        "schedule": f"{schedule.epochs} epochs, batch {schedule.batch_size}, SGD lr {schedule.lr:g} poly",
+        "training points": f"N = {model.train_num_points} (k = {model.oversample_ratio:g}, "
+                           f"β = {model.importance_sample_ratio:g})",
+        "subdivision": f"{model.subdivision_steps} steps × {model.subdivision_num_points} points",
+        "weights": Path(checkpoint).name if checkpoint else "trained here",
+    }
+    return pd.Series(settings).to_frame("setting")
+
+
+def point_settings_table(row: RowConfig, sample: Any) -> pd.DataFrame:
+    """The point-selection settings of `row` and the image (`analysis.EvalSample`) the figures show."""
+    model = row.model
+    _, _, height, width = sample.input.shape
+    settings = {
+        "image": f"{sample.title}: network input {height} × {width}, label {sample.gt.shape[0]} × {sample.gt.shape[1]}",
+        "training points": f"k·N = {int(model.oversample_ratio * model.train_num_points)} candidates, "
+                           f"β·N = {int(model.importance_sample_ratio * model.train_num_points)} uncertain, "
+                           f"N = {model.train_num_points} in all",
+        "subdivision": f"{model.subdivision_steps} steps × {model.subdivision_num_points} points "
+                       f"from the stride-4 coarse map",
+    }
+    return pd.Series(settings).to_frame("setting")
+
+
+def sweep_table(sweep: pd.DataFrame) -> pd.DataFrame:
+    """`analysis.subdivision_sweep`'s table for reading: scores to 2 decimals, time in ms, the row's setting
+    marked."""
+    table = pd.DataFrame(
+        {
+            "steps": sweep["steps"],
+            "points per step": [("—" if s == 0 else int(p)) for s, p in zip(sweep["steps"], sweep["points"])],
+            "mIoU": sweep["mIoU"].round(2),
+            "boundary mIoU": sweep["boundary_mIoU"].round(2),
+            "ms / image": (1000 * sweep["seconds_per_image"]).round(0).astype(int),
+            "row's setting": ["✓" if flag else "" for flag in sweep.get("row_setting", [False] * len(sweep))],
+        }
+    )
+    return table.set_index("steps")
+
+
+def runs_display(runs: pd.DataFrame) -> pd.DataFrame:
+    """`collect_runs`'s table for reading: one line per run folder, plain column names, "—" for what a run
+    did not record, times as durations."""
+    def score(value: Any) -> Any:
+        return "—" if pd.isna(value) else round(float(value), 2)
+
+    lines = []
+    for _, run in runs.iterrows():
+        evaluated = "—" if pd.isna(run["eval_images"]) else f"{int(run['eval_images'])}"
+        if not pd.isna(run["val_images"]) and not pd.isna(run["eval_images"]):
+            evaluated += f" of {int(run['val_images'])}"
+        lines.append(
+            {
+                "run folder": Path(run["run_dir"]).name,
+                "row": run["row"],
+                "mIoU refined": score(run["miou_refined"]),
+                "mIoU coarse": score(run["miou_coarse"]),
+                "boundary refined": score(run["boundary_iou_refined"]),
+                "boundary coarse": score(run["boundary_iou_coarse"]),
+                "training": "—" if pd.isna(run["train_iters"]) else
+                f"{int(run['train_iters'])} it, {format_duration(run['train_seconds'])}",
+                "hardware": run["hardware"] or "—",
+                "val images": evaluated,
+                "finished": "—" if not run["finished"] else str(run["finished"])[:16].replace("T", " "),
+            }
+        )
+    return pd.DataFrame(lines, columns=RUNS_DISPLAY_COLUMNS).set_index("run folder")
+
+
+RUNS_DISPLAY_COLUMNS = [
+    "run folder", "row", "mIoU refined", "mIoU coarse", "boundary refined", "boundary coarse", "training",
+    "hardware", "val images", "finished",
+]
+
+
 def collect_runs(runs_dir: str | os.PathLike) -> pd.DataFrame:
     """One line per `runs_dir/*/run.json`, columns `RUN_COLUMNS`, scores in percent, sorted by row and folder.
 
@@ -328,8 +412,12 @@ def index_html(reports_dir: str | os.PathLike, runs_dir: str | os.PathLike, stat
 <body>
 <h1>PointRend (sssegmentation model zoo): reproduction reports</h1>
 <h2>Results</h2>
-<p>mIoU and boundary IoU in percent; difference = reproduced (refined) minus published, in points.
-Rows without an evaluation are shown as "{NOT_RUN}".</p>
+<p>Scores in percent over each validation split. <b>mIoU</b>: mean over classes of intersection over union
+(one confusion matrix per split, as the model zoo computes it). <b>Boundary IoU</b>: the same, counted only in
+a band around object outlines (2&nbsp;% of the image diagonal), where the point head works. <b>Refined</b> is
+PointRend's output; <b>coarse</b> the coarse head's output upsampled, without the point head.
+<b>Difference</b>: reproduced (refined) minus published, in points. Rows without an evaluation are shown as
+"{NOT_RUN}".</p>
 {table}
 <h2>Reports and visualizations</h2>
 <ul>{overview_items or "<li>none yet</li>"}</ul>

@@ -27,6 +27,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from pointrend_core.config import IGNORE_INDEX
 
@@ -37,6 +38,14 @@ if TYPE_CHECKING:
 IGNORE_COLOR = (200, 200, 200)
 """Neutral light grey for ignored pixels: distinct from every dataset palette's saturated class colours and
 from VOC's black background."""
+
+OUTPUT_COLORS = {"published": "#8c8c8c", "refined": "#1f77b4", "coarse": "#ff7f0e", "total": "#333333"}
+"""One colour per output in every chart: the published number grey, the refined output (and the point head
+that makes it) blue, the coarse output (and its auxiliary loss) orange."""
+
+MAX_LEGEND_CLASSES = 24
+"""Class legends list at most this many classes (those covering most pixels of the figure), so that an
+ADE20k figure with 150 classes stays readable."""
 
 UNIT_EXTENT = (0.0, 1.0, 1.0, 0.0)
 """imshow extent (left, right, bottom, top) mapping any image onto [0, 1]^2 with y pointing down."""
@@ -108,6 +117,37 @@ def _palette_or_default(palette: Sequence[Sequence[int]] | np.ndarray | None, nu
     return np.asarray(palette, dtype=np.uint8) if palette is not None else default_palette(num_classes)
 
 
+def class_legend(
+    fig: Figure,
+    label_maps: Sequence[torch.Tensor | np.ndarray],
+    palette: Sequence[Sequence[int]] | np.ndarray,
+    classes: Sequence[str] | None = None,
+) -> None:
+    """A legend of the class colours that appear in `label_maps` (each (H, W) int), below the figure.
+
+    Classes are named by `classes` (else "class i"), ordered by how many pixels they cover in all maps
+    together, at most `MAX_LEGEND_CLASSES`; ignored pixels get their own entry when present.
+    """
+    colors = np.asarray(palette, dtype=np.uint8)
+    counts = np.zeros(len(colors) + 1, dtype=np.int64)  # the last slot counts ignored pixels
+    for labels in label_maps:
+        values = _numpy(labels).astype(np.int64).ravel()
+        values = np.where(values == IGNORE_INDEX, len(colors), values)
+        counts += np.bincount(values[(values >= 0) & (values <= len(colors))], minlength=len(colors) + 1)
+    present = [int(i) for i in np.argsort(-counts[:-1], kind="stable") if counts[i] > 0][:MAX_LEGEND_CLASSES]
+    handles = [
+        Patch(facecolor=colors[i] / 255.0, edgecolor="#555", linewidth=0.5,
+              label=classes[i] if classes is not None and i < len(classes) else f"class {i}")
+        for i in sorted(present)
+    ]
+    if counts[-1] > 0:
+        handles.append(Patch(facecolor=np.asarray(IGNORE_COLOR) / 255.0, edgecolor="#555", linewidth=0.5,
+                             label="ignored"))
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 8), fontsize=9,
+                   frameon=False, title="classes", title_fontsize=9)
+
+
 def _show(ax: Axes, picture: np.ndarray, title: str, **kwargs) -> None:
     ax.imshow(picture, extent=UNIT_EXTENT, interpolation="nearest", aspect=_aspect(picture), **kwargs)
     ax.set_title(title, fontsize=9)
@@ -143,6 +183,7 @@ def show_training_points(
     points: TrainingPoints,
     *,
     palette: Sequence[Sequence[int]] | np.ndarray | None = None,
+    classes: Sequence[str] | None = None,
     index: int = 0,
 ) -> Figure:
     """The training-time point selection of one image, drawn over its coarse prediction.
@@ -153,12 +194,13 @@ def show_training_points(
     containing the image at `index`.
 
     Panels: the image; the k*N uniform candidates; the beta*N chosen uncertain points and the (1-beta)*N
-    random ones with distinct markers.
+    random ones with distinct markers; the point markers and the class colours are explained below.
     """
     picture = _image_hwc(image)
     labels = _numpy(coarse_pred)
     # Without a dataset palette, colour as many classes as the prediction shows (C is not known here).
-    labels_rgb = colorize(labels, _palette_or_default(palette, int(labels[labels != IGNORE_INDEX].max(initial=0)) + 1))
+    colors = _palette_or_default(palette, int(labels[labels != IGNORE_INDEX].max(initial=0)) + 1)
+    labels_rgb = colorize(labels, colors)
     candidates = _numpy(points.candidates[index])
     chosen = _numpy(points.points[index])
     k = int(points.num_uncertain)
@@ -187,6 +229,7 @@ def show_training_points(
         ncols=3,
         fontsize=9,
     )
+    class_legend(fig, [labels], colors, classes)
     fig.suptitle("Training-time point selection over the coarse prediction", fontsize=11)
     return fig
 
@@ -197,6 +240,7 @@ def show_subdivision_steps(
     gt: torch.Tensor,
     *,
     palette: Sequence[Sequence[int]] | np.ndarray | None = None,
+    classes: Sequence[str] | None = None,
     index: int = 0,
 ) -> Figure:
     """Inference-time adaptive subdivision of one image, step by step.
@@ -233,14 +277,21 @@ def show_subdivision_steps(
         axes[i, 2].scatter(xs, ys, s=1.5, c="red", marker=".", linewidths=0)
         _overlay(axes[i, 3], picture, colorize(pred, colors), f"step {i}: chosen points over the image")
         axes[i, 3].scatter(xs, ys, s=1.5, c="red", marker=".", linewidths=0)
-    fig.suptitle("Adaptive subdivision at inference", fontsize=11)
+    if output.steps:
+        scale_image = axes[1, 1].get_images()[0]
+        fig.colorbar(scale_image, ax=axes[1:, 1].tolist(), shrink=0.6, label="uncertainty (2nd - 1st logit)")
+    class_legend(fig, [coarse, refined, target], colors, classes)
+    fig.suptitle("Adaptive subdivision at inference (red dots: the cells re-predicted by the point head)", fontsize=11)
     return fig
 
 
 def show_predictions(
-    samples: Sequence[PredictionSample], palette: Sequence[Sequence[int]] | np.ndarray
+    samples: Sequence[PredictionSample],
+    palette: Sequence[Sequence[int]] | np.ndarray,
+    classes: Sequence[str] | None = None,
 ) -> Figure:
-    """Grid with one row per sample: image | ground truth | coarse | refined (labels colourised by `palette`)."""
+    """Grid with one row per sample: image | ground truth | coarse | refined (labels colourised by `palette`,
+    with a legend naming the classes shown, by `classes` when given)."""
     if not samples:
         raise ValueError("show_predictions needs at least one sample")
     fig = Figure(figsize=(12, 3.0 * len(samples)), layout="constrained")
@@ -251,6 +302,7 @@ def show_predictions(
         _show(row[1], colorize(sample.gt, palette), "ground truth")
         _show(row[2], colorize(sample.coarse, palette), "coarse")
         _show(row[3], colorize(sample.refined, palette), "refined")
+    class_legend(fig, [m for sample in samples for m in (sample.gt, sample.coarse, sample.refined)], palette, classes)
     return fig
 
 
@@ -285,17 +337,32 @@ def plot_training_curves(metrics_jsonl_path: str | os.PathLike) -> Figure:
     if not panels:
         raise ValueError(f"{os.fspath(metrics_jsonl_path)} has no loss, lr or score column to plot")
 
+    ylabels = {"loss": "cross-entropy (weighted)", "learning rate": "learning rate", "score": "score (%)"}
     fig = Figure(figsize=(4.5 * len(panels), 3.4), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, (title, cols) in zip(axes, panels):
         for col in cols:
             series = df[[x, col]].dropna()
-            ax.plot(series[x], series[col], marker="." if len(series) < 30 else None, label=col)
+            label, color, style = _CURVE_STYLES.get(str(col), (str(col), None, "-"))
+            ax.plot(series[x], series[col], style, marker="." if len(series) < 30 else None, label=label, color=color)
         ax.set_xlabel(x)
+        ax.set_ylabel(ylabels[title])
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return fig
+
+
+_CURVE_STYLES = {
+    "loss": ("total", OUTPUT_COLORS["total"], "-"),
+    "loss_aux": ("coarse head (aux)", OUTPUT_COLORS["coarse"], "-"),
+    "loss_point": ("point head", OUTPUT_COLORS["refined"], "-"),
+    "lr": ("lr", OUTPUT_COLORS["total"], "-"),
+    "mIoU": ("mIoU refined", OUTPUT_COLORS["refined"], "-"),
+    "coarse_mIoU": ("mIoU coarse", OUTPUT_COLORS["coarse"], "-"),
+    "boundary_mIoU": ("boundary mIoU refined", OUTPUT_COLORS["refined"], "--"),
+}
+"""Training-curve columns of metrics.jsonl: (legend label, colour, line style); others get matplotlib's."""
 
 
 def plot_sweep(sweep: pd.DataFrame) -> Figure:
@@ -310,13 +377,24 @@ def plot_sweep(sweep: pd.DataFrame) -> Figure:
     panels = [("mIoU", "mIoU (%)"), ("boundary_mIoU", "boundary IoU (%)"), ("seconds_per_image", "seconds / image")]
     fig = Figure(figsize=(13, 3.6), layout="constrained")
     axes = fig.subplots(1, len(panels))
+    refined_steps = sorted(s for s in sweep["steps"].unique() if s > 0)
+    # Refined settings in shades of the refined colour (darker = more steps); coarse in its own colour.
+    shades = {s: matplotlib.colors.to_rgb(OUTPUT_COLORS["refined"]) for s in refined_steps}
+    for i, s in enumerate(refined_steps):
+        fade = 0.55 * (len(refined_steps) - 1 - i) / max(len(refined_steps) - 1, 1)
+        shades[s] = tuple(c + (1 - c) * fade for c in shades[s])
     for ax, (column, label) in zip(axes, panels):
         for steps, group in sweep.groupby("steps"):
             if steps == 0:
-                ax.axhline(group[column].iloc[0], linestyle="--", color="grey", label="coarse (0 steps)")
+                ax.axhline(group[column].iloc[0], linestyle="--", color=OUTPUT_COLORS["coarse"], label="coarse (0 steps)")
             else:
                 group = group.sort_values("points")
-                ax.plot(group["points"], group[column], marker="o", label=f"{steps} step{'s' if steps > 1 else ''}")
+                ax.plot(group["points"], group[column], marker="o", color=shades[steps],
+                        label=f"{steps} step{'s' if steps > 1 else ''}")
+        if "row_setting" in sweep.columns and sweep["row_setting"].any():
+            ours = sweep[sweep["row_setting"]].iloc[0]
+            ax.plot([ours["points"]], [ours[column]], marker="*", markersize=13, color="black", linestyle="none",
+                    label="the row's setting")
         ax.set_xlabel("points per step")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -344,8 +422,11 @@ def plot_results(runs: pd.DataFrame) -> Figure:
     for ax, series, title in bars:
         width = 0.8 / len(series)
         for i, (name, column) in enumerate(series):
-            ax.bar(x + (i - (len(series) - 1) / 2) * width, runs[column].astype(float), width, label=name)
+            ax.bar(x + (i - (len(series) - 1) / 2) * width, runs[column].astype(float), width, label=name,
+                   color=OUTPUT_COLORS[name])
         ax.set_xticks(x, labels, fontsize=8, rotation=20, ha="right")
+        ax.set_ylabel(title)
+        ax.set_xlabel("run")
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)

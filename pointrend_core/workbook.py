@@ -22,6 +22,8 @@ import argparse
 import ast
 import os
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -31,11 +33,15 @@ from typing import Any, Collection, Mapping, Sequence
 import nbformat
 import papermill
 from nbconvert import HTMLExporter
+from papermill.engines import NBClientEngine, papermill_engines
 from papermill.exceptions import PapermillExecutionError
+from tqdm import tqdm
+from traitlets.config import Config
 
 from pointrend_core.config import ROWS, get_row
+from pointrend_core.engine.progress import TrainProgress, read_progress
 from pointrend_core.files import atomic_write_text
-from pointrend_core.reports import RowStatus, read_status, write_index_html
+from pointrend_core.reports import RowStatus, format_duration, read_status, write_index_html
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 """The notebooks of a source checkout (they are not part of the installed package)."""
@@ -98,10 +104,160 @@ def data_root_for(row: str, data_root: Path | Mapping[str, Path] | str | None) -
     return Path(data_root) if data_root is not None else Path(get_row(row).data.default_root)
 
 
-def render_html(notebook_path: Path, html_path: Path) -> Path:
-    """Executed notebook -> self-contained HTML (figures embedded as data URIs), written atomically."""
+class _CellReportingEngine(NBClientEngine):
+    """papermill's own engine, plus a callback `on_cell_start(index, cell, notebook)` before each cell runs."""
+
+    @classmethod
+    def execute_managed_notebook(cls, nb_man: Any, kernel_name: str, on_cell_start: Any = None, **kwargs: Any) -> Any:
+        if on_cell_start is not None:
+            cell_start = nb_man.cell_start
+
+            def reporting_cell_start(cell: Any, cell_index: int | None = None, **more: Any) -> Any:
+                on_cell_start(cell_index, cell, nb_man.nb)
+                return cell_start(cell, cell_index, **more)
+
+            nb_man.cell_start = reporting_cell_start
+        return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+
+CELL_REPORTING_ENGINE = "pointrend-cell-reporting"
+papermill_engines.register(CELL_REPORTING_ENGINE, _CellReportingEngine)
+
+
+class NotebookProgress:
+    """What a row's notebook is doing, in the terminal: which cell runs (and under which heading), and while
+    the notebook trains, a tqdm bar of the training iterations with the loss and the time left, read from
+    the run folder's `progress.json` (the kernel's own output goes to the notebook, not to the terminal).
+
+    Use as a context manager around `execute(..., progress=this)`; a thread polls the run folder twice a
+    second. Training snapshots older than the notebook's start (an earlier run's) are ignored. When stderr is
+    not a terminal (a log file, CI) it prints plain lines instead: one per cell, one per 10 % of training.
+    """
+
+    POLL_SECONDS = 0.5
+
+    def __init__(self, row: str, notebook: Path, run_dir: Path, *, enabled: bool = True) -> None:
+        self.label = f"{row} · {notebook.stem}"
+        self.run_dir = run_dir
+        self.enabled = enabled
+        self.interactive = sys.stderr.isatty()
+        self._started = time.time()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._status: tqdm | None = None
+        self._training: tqdm | None = None
+        self._logged_decile = -1
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "NotebookProgress":
+        if self.enabled:
+            if self.interactive:
+                self._status = tqdm(total=None, desc=f"{self.label}: starting the kernel", bar_format="{desc} [{elapsed}]",
+                                    dynamic_ncols=True, file=sys.stderr, position=0, leave=False)
+            self._thread = threading.Thread(target=self._poll, name="notebook-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._poll_once()
+        for bar in (self._training, self._status):
+            if bar is not None:
+                bar.close()
+
+    def cell_started(self, index: int | None, cell: Any, notebook: Any) -> None:
+        """papermill's callback: shows the code cell about to run, numbered among code cells, with the
+        nearest Markdown heading above it."""
+        code_cells = [i for i, c in enumerate(notebook.cells) if c.cell_type == "code"]
+        if not self.enabled or index not in code_cells:
+            return
+        heading = next(
+            (line.lstrip("#").strip() for c in reversed(notebook.cells[:index]) if c.cell_type == "markdown"
+             for line in c.source.splitlines() if line.startswith("#")),
+            "",
+        )
+        text = f"{self.label}: cell {code_cells.index(index) + 1}/{len(code_cells)}" + (f" ({heading})" if heading else "")
+        with self._lock:
+            if self._status is not None:
+                self._status.set_description_str(text)
+            else:
+                print(f"[workbook] {text}", file=sys.stderr, flush=True)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.POLL_SECONDS):
+            self._poll_once()
+
+    def _poll_once(self) -> None:
+        snapshot = read_progress(self.run_dir)
+        if snapshot is None or snapshot.written_at < self._started:
+            return
+        with self._lock:
+            if self.interactive:
+                self._show_bar(snapshot)
+            else:
+                self._log_line(snapshot)
+
+    def _show_bar(self, snapshot: TrainProgress) -> None:
+        if self._training is None:
+            self._training = tqdm(total=snapshot.max_iters, initial=snapshot.start_iteration, desc="  training",
+                                  unit="it", dynamic_ncols=True, file=sys.stderr, position=1, leave=False)
+        self._training.set_postfix(loss=f"{snapshot.loss:.3f}", lr=f"{snapshot.lr:.2e}", refresh=False)
+        self._training.update(snapshot.iteration - self._training.n)
+
+    def _log_line(self, snapshot: TrainProgress) -> None:
+        decile = 10 * snapshot.iteration // max(snapshot.max_iters, 1)
+        if decile == self._logged_decile:
+            return
+        self._logged_decile = decile
+        eta = snapshot.eta_seconds
+        print(f"[workbook] {self.label}: training {snapshot.iteration}/{snapshot.max_iters}, loss {snapshot.loss:.3f}"
+              + (f", {format_duration(eta)} left" if eta is not None and snapshot.iteration < snapshot.max_iters else ""),
+              file=sys.stderr, flush=True)
+
+
+REPORT_TEMPLATE = Path(__file__).resolve().parent / "report_template" / "report.html.j2"
+"""nbconvert template of the reports: JupyterLab's look, inputs hidden, a link back to the index, the run's
+parameters as a table, logs drawn as logs, nothing fetched from the network."""
+
+
+def notebook_title(notebook: nbformat.NotebookNode) -> str:
+    """The text of the notebook's first level-1 Markdown heading ('' when it has none)."""
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("# "):
+                    return line[2:].strip()
+    return ""
+
+
+def display_value(value: Any, base: Path) -> str:
+    """A parameter value as a reader wants it: paths inside `base` relative to it, the rest as Python shows it."""
+    if isinstance(value, str) and os.path.isabs(value):
+        try:
+            return os.path.relpath(value, base) if Path(value).resolve().is_relative_to(base.resolve()) else value
+        except ValueError:  # another drive (Windows)
+            return value
+    return repr(value) if not isinstance(value, str) else value
+
+
+def render_html(notebook_path: Path, html_path: Path, *, title: str | None = None) -> Path:
+    """Executed notebook -> a self-contained HTML report (figures embedded as data URIs), written atomically.
+
+    The page shows outputs and Markdown only (no code), is titled `title` (default: the notebook's first
+    heading), links back to `index.html` beside it, and lists the parameters papermill injected, paths
+    relative to the working directory.
+    """
     notebook = nbformat.read(notebook_path, as_version=4)
-    body, _ = HTMLExporter().from_notebook_node(notebook)
+    notebook.metadata["title"] = title or notebook_title(notebook) or Path(notebook_path).stem
+    injected = notebook.metadata.get("papermill", {}).get("parameters", {})
+    exporter = HTMLExporter(
+        template_file=str(REPORT_TEMPLATE), exclude_input=True, exclude_input_prompt=True,
+        exclude_output_prompt=True,
+    )
+    report = {"parameters": [(name, display_value(value, Path.cwd())) for name, value in injected.items()]}
+    body, _ = exporter.from_notebook_node(notebook, resources={"report": report})
     return atomic_write_text(html_path, body)
 
 
@@ -119,22 +275,34 @@ def _injectable(value: Any) -> Any:
     return value
 
 
-def execute(notebook: Path, output: Path, parameters: Mapping[str, Any], html_path: Path) -> None:
+def execute(
+    notebook: Path, output: Path, parameters: Mapping[str, Any], html_path: Path, *, title: str | None = None,
+    progress: NotebookProgress | None = None,
+) -> None:
     """Run `notebook` with `parameters` into `output`, then render `html_path`, also when a cell failed (the
-    rendered error is the most useful report of a failure); the failure is re-raised after rendering."""
+    rendered error is the most useful report of a failure); the failure is re-raised after rendering.
+
+    The kernel talks to us over IPC sockets in a private temporary folder rather than TCP: nothing else on
+    the machine can connect to it, and the kernel has no reason to warn about unencrypted TCP. `progress`
+    (optional) is told of every cell as it starts.
+    """
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
-        papermill.execute_notebook(
-            str(notebook),
-            str(output),
-            parameters={key: _injectable(value) for key, value in parameters.items()},
-            kernel_name="python3",
-            progress_bar=False,
-            cwd=os.getcwd(),
-        )
+        with tempfile.TemporaryDirectory(prefix="pointrend-kernel-") as sockets:
+            papermill.execute_notebook(
+                str(notebook),
+                str(output),
+                parameters={key: _injectable(value) for key, value in parameters.items()},
+                kernel_name="python3",
+                progress_bar=False,
+                cwd=os.getcwd(),
+                engine_name=CELL_REPORTING_ENGINE,
+                on_cell_start=progress.cell_started if progress is not None else None,
+                config=Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(sockets, "kernel")}}),
+            )
     finally:
         if output.is_file():
-            render_html(output, html_path)
+            render_html(output, html_path, title=title)
 
 
 def _error_message(notebook: str, err: BaseException) -> str:
@@ -157,10 +325,12 @@ def _ensure_demo_data(row: str, root: Path) -> None:
 
 
 def run_row(
-    row: str, data_root: Path, out_dir: Path, reports_dir: Path, jobs: Sequence[tuple[Path, str, Mapping[str, Any]]]
+    row: str, data_root: Path, out_dir: Path, reports_dir: Path, jobs: Sequence[tuple[Path, str, Mapping[str, Any]]],
+    *, progress: bool = True,
 ) -> RowStatus:
     """Execute the row's notebooks in order (`jobs`: notebook, report file name, parameters), stopping at the
-    first failure, and record the outcome in out_dir/status.json. A failure is returned, not raised."""
+    first failure, and record the outcome in out_dir/status.json. A failure is returned, not raised.
+    `progress` draws a terminal bar per notebook (`NotebookProgress`)."""
     started = time.perf_counter()
     for _, html_name, _ in jobs:  # reports of an earlier run of this row must not pass for this run's
         (reports_dir / html_name).unlink(missing_ok=True)
@@ -170,7 +340,10 @@ def run_row(
         _ensure_demo_data(row, data_root)
         for notebook, html_name, parameters in jobs:
             step = notebook.name
-            execute(notebook, out_dir / notebook.name, parameters, reports_dir / html_name)
+            title = f"{row}: {notebook_title(nbformat.read(notebook, as_version=4)) or notebook.stem}"
+            with NotebookProgress(row, notebook, out_dir, enabled=progress) as bar:
+                execute(notebook, out_dir / notebook.name, parameters, reports_dir / html_name, title=title,
+                        progress=bar)
     except Exception as err:  # a row's failure is its status, not the batch's end
         error = _error_message(step, err)
     status = RowStatus(
@@ -206,6 +379,7 @@ def run_rows(
     points: bool | Collection[str] = True,
     released_dir: str | os.PathLike | None = None,
     notebooks_dir: str | os.PathLike | None = None,
+    progress: bool = True,
 ) -> dict[str, RowStatus]:
     """Run every row in `rows` (names from ROWS) and write the results report and reports/index.html.
 
@@ -214,8 +388,9 @@ def run_rows(
     batch_size, gpus, checkpoint) are injected into the notebooks; a parameter no notebook declares is an
     error. `points` says for which rows the point-selection notebook runs: all (True), none (False) or the
     named ones. With `released_dir`, every row that has a released checkpoint (`RowConfig.release_file`)
-    evaluates `released_dir/<release_file>` instead of training. Returns each row's status; skipped rows
-    (finished before, not forced) carry `skipped=True`.
+    evaluates `released_dir/<release_file>` instead of training. `progress` shows a terminal bar per
+    notebook (cell, training iteration, loss, ETA). Returns each row's status; skipped rows (finished
+    before, not forced) carry `skipped=True`.
     """
     runs_dir, reports_dir = Path(runs_dir), Path(reports_dir)
     notebooks_dir = Path(notebooks_dir) if notebooks_dir is not None else NOTEBOOKS_DIR
@@ -263,17 +438,20 @@ def run_rows(
             for name, html_name in wanted
         ]
         print(f"[workbook] {row}: running", flush=True)
-        status = statuses[row] = run_row(row, root, out_dir, reports_dir, jobs)
+        status = statuses[row] = run_row(row, root, out_dir, reports_dir, jobs, progress=progress)
         outcome = "ok" if status.ok else f"FAILED: {status.error}"
         print(f"[workbook] {row}: {outcome} ({status.seconds} s)", flush=True)
 
     try:
-        execute(
-            notebooks_dir / RESULTS,
-            runs_dir / RESULTS,
-            {"runs_dir": str(runs_dir.resolve())},
-            reports_dir / "results.html",
-        )
+        with NotebookProgress("all rows", notebooks_dir / RESULTS, runs_dir, enabled=progress) as bar:
+            execute(
+                notebooks_dir / RESULTS,
+                runs_dir / RESULTS,
+                {"runs_dir": str(runs_dir.resolve())},
+                reports_dir / "results.html",
+                title="Results: the model-zoo table",
+                progress=bar,
+            )
     except Exception as err:  # the index still gets written; it links whatever exists
         print(f"[workbook] results report failed: {_error_message(RESULTS, err)}", file=sys.stderr, flush=True)
     write_index_html(reports_dir, runs_dir, statuses)

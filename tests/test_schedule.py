@@ -7,7 +7,7 @@ import pytest
 from pointrend_core.config import ROWS
 from pointrend_core.engine.schedule import iters_per_epoch, poly_lr
 
-MAX_ITERS = 39_660  # VOC: 60 epochs x 661 iterations on 8 GPUs (reference 5.3)
+MAX_ITERS = 39_660  # VOC: 60 epochs x 661 iterations on 8 GPUs (recipe §7)
 
 
 def reference_lr(cur_iter: int) -> float:
@@ -70,7 +70,7 @@ def test_poly_lr_rejects_out_of_range(iteration: int, max_iters: int) -> None:
 @pytest.mark.parametrize(
     ("num_samples", "world", "batch", "expected"),
     [
-        (10_582, 8, 2, 661),  # VOC trainaug, reference 5.3
+        (10_582, 8, 2, 661),  # VOC trainaug, recipe §7
         (20_210, 8, 2, 1_263),  # ADE20k
         (2_975, 8, 1, 372),  # Cityscapes
         (10, 1, 4, 2),

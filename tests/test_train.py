@@ -22,6 +22,7 @@ from pointrend_core.data.datasets import VOCSegmentation
 from pointrend_core.data.synthetic_trees import write_voc_tree
 from pointrend_core.data.transforms import train_transforms
 from pointrend_core.engine.schedule import poly_lr
+from pointrend_core.engine.progress import read_progress
 from pointrend_core.engine.train import (
     EpochSampler,
     NonFiniteLossError,
@@ -80,8 +81,11 @@ def short_run(voc_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_training_writes_checkpoints_metrics_and_summary(short_run: Path) -> None:
     out = short_run
     assert sorted(p.name for p in out.iterdir()) == [
-        "checkpoint_final.pth", "checkpoint_last.pth", "metrics.jsonl", "train.json"
+        "checkpoint_final.pth", "checkpoint_last.pth", "metrics.jsonl", "progress.json", "train.json"
     ]
+    progress = read_progress(out)
+    assert (progress.iteration, progress.max_iters, progress.start_iteration) == (4, 4, 0)
+    assert progress.eta_seconds == 0.0 and progress.session_seconds > 0
     records = _read_jsonl(out / "metrics.jsonl")
     assert [r["iteration"] for r in records] == [1, 2, 3, 4]
     # Each record's lr is the one of the step just taken (step index = iteration - 1).
@@ -290,7 +294,7 @@ def test_killed_or_terminated_runs_resume_to_bit_identical_weights(voc_root: Pat
         stopped_at = torch.load(out / "checkpoint_last.pth", weights_only=True)["iteration"]
         assert 1 <= stopped_at < 6
     # SIGTERM finishes cleanly: no half-written file (a SIGKILL may leave one; the resume removes it).
-    assert sorted(p.name for p in terminated.iterdir()) == ["checkpoint_last.pth", "metrics.jsonl"]
+    assert sorted(p.name for p in terminated.iterdir()) == ["checkpoint_last.pth", "metrics.jsonl", "progress.json"]
 
     resumed = {name: _worker(voc_root, out, "resume", every) for name, out, every in
                (("killed", killed, 2), ("terminated", terminated, 100))}

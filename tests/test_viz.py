@@ -15,6 +15,7 @@ from pointrend_core.model.pointrend import PointRendOutput, SubdivisionStep
 from pointrend_core.model.points import sample_training_points, uncertain_points_on_grid, uncertainty
 from pointrend_core.viz import (
     IGNORE_COLOR,
+    OUTPUT_COLORS,
     PredictionSample,
     colorize,
     default_palette,
@@ -102,9 +103,13 @@ def test_show_subdivision_steps_layout_and_points() -> None:
     output = _output(coarse, num_steps=2, num_points=20)
     gt = torch.randint(0, 3, (24, 32))
     gt[0] = IGNORE_INDEX
-    fig = show_subdivision_steps(_image(), output, gt, palette=PALETTE)
-    axes = fig.axes
+    fig = show_subdivision_steps(_image(), output, gt, palette=PALETTE, classes=("sky", "road", "car"))
+    axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
     assert len(axes) == 4 * 3  # header row + one row per step
+    (colorbar,) = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert colorbar.get_ylabel() == "uncertainty (2nd - 1st logit)"
+    legend_labels = [t.get_text() for t in fig.legends[-1].get_texts()]
+    assert legend_labels == ["sky", "road", "car", "ignored"]  # every class appears; row 0 of gt is ignored
     titles = [ax.get_title() for ax in axes]
     assert titles[:4] == ["image 24×32", "coarse 6×8", "refined 24×32", "ground truth"]
     assert titles[4] == "step 1: upsampled to 12×16"
@@ -125,8 +130,11 @@ def test_show_subdivision_steps_layout_and_points() -> None:
 def test_show_predictions_grid() -> None:
     gt = torch.randint(0, 3, (24, 32))
     samples = [PredictionSample(_image(), gt, gt, gt.flip(0), title=f"img{i}") for i in range(2)]
-    fig = show_predictions(samples, PALETTE)
+    fig = show_predictions(samples, PALETTE, classes=("sky", "road", "car"))
     assert len(fig.axes) == 8
+    legend = fig.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == ["sky", "road", "car"]
+    np.testing.assert_allclose(legend.get_patches()[1].get_facecolor()[:3], np.asarray(PALETTE[1]) / 255)
     assert [ax.get_title() for ax in fig.axes[:4]] == ["img0: image", "ground truth", "coarse", "refined"]
     np.testing.assert_array_equal(fig.axes[3].images[0].get_array(), colorize(gt.flip(0), PALETTE))
     with pytest.raises(ValueError, match="at least one sample"):
@@ -146,8 +154,12 @@ def test_plot_training_curves_reads_jsonl(tmp_path) -> None:
     fig = plot_training_curves(path)
     assert [ax.get_title() for ax in fig.axes] == ["loss", "learning rate", "score"]
     loss_lines = {line.get_label(): line for line in fig.axes[0].lines}
-    assert set(loss_lines) == {"loss", "loss_aux", "loss_point"}
-    np.testing.assert_allclose(loss_lines["loss_point"].get_ydata(), [2.0 / (i + 1) for i in range(5)])
+    assert set(loss_lines) == {"total", "coarse head (aux)", "point head"}
+    np.testing.assert_allclose(loss_lines["point head"].get_ydata(), [2.0 / (i + 1) for i in range(5)])
+    # The same output keeps its colour in every chart: point head = refined, aux = coarse.
+    assert loss_lines["point head"].get_color() == OUTPUT_COLORS["refined"]
+    assert loss_lines["coarse head (aux)"].get_color() == OUTPUT_COLORS["coarse"]
+    assert [ax.get_ylabel() for ax in fig.axes] == ["cross-entropy (weighted)", "learning rate", "score (%)"]
     np.testing.assert_allclose(fig.axes[2].lines[0].get_xdata(), [5])
 
 

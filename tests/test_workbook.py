@@ -22,7 +22,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from pointrend_core.config import ROWS
-from pointrend_core.reports import NOT_RUN, RowStatus, read_status
+from pointrend_core.reports import NOT_RUN, RowStatus, collect_runs, read_status
 from pointrend_core.workbook import (
     is_finished,
     main,
@@ -295,7 +295,33 @@ def test_batch_row_reports(batch, row: str) -> None:
         return
     points = (reports / f"{row}_points.html").read_text()
     assert _figures(points) == 3  # training-point selection, subdivision steps, sweep plot
-    assert _count(points, "<table") >= 1 and "seconds_per_image" in points  # the sweep table
+    assert _count(points, "<table") >= 1 and "ms / image" in points  # the sweep table
+    assert "row&#39;s setting" in points or "row's setting" in points
+
+
+def _fetched_urls(html: str) -> list[str]:
+    """Every script, stylesheet, font or image the page would load from the network."""
+    loads = re.findall(r'<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)="((?:https?:)?//[^"]*)"', html)
+    return loads + re.findall(r'@import\s+url\(["\']?((?:https?:)?//[^)"\']*)', html) + re.findall(
+        r'url\(["\']?((?:https?:)?//[^)"\']*)', html)
+
+
+@pytest.mark.parametrize("row", ["demo", "pointrend_r101_voc"])
+def test_batch_reports_read_as_reports(batch, row: str) -> None:
+    _, _, reports = batch
+    html = (reports / f"{row}.html").read_text()
+    assert f"<title>{row}: Train and evaluate one table row</title>" in html
+    assert '<a href="index.html">' in html  # back to the index
+    assert "launch.train_and_evaluate" not in html and "os.chdir" not in html  # results, not code
+    assert "jp-InputArea" not in html
+    params = re.search(r'<table class="pr-params">.*?</table>', html, re.S).group(0)
+    assert f"<td>config</td><td><code>{row}</code></td>" in params
+    # Paths appear relative to the working directory where they lie inside it, absolute otherwise.
+    assert "<td>out_dir</td>" in params
+    assert _fetched_urls(html) == []  # self-contained: nothing from a CDN
+    assert "require.min.js" not in html and "MathJax" not in html
+    # Logs are shown as logs, not on the error background.
+    assert 'data-mime-type="application/vnd.jupyter.stderr"' not in html
 
 
 def test_batch_results_and_index(batch) -> None:
@@ -314,6 +340,65 @@ def test_batch_results_and_index(batch) -> None:
 
 # ----------------------------------------------------------------------------------------------------------
 # What the notebooks call
+
+
+def test_notebook_progress_prints_cells_and_training_steps(tmp_path: Path, capsys) -> None:
+    from nbformat.v4 import new_markdown_cell
+
+    from pointrend_core.engine.progress import TrainProgress
+    from pointrend_core.workbook import NotebookProgress
+
+    book = new_notebook(cells=[new_markdown_cell("# Train a row"), new_code_cell("x = 1"),
+                               new_markdown_cell("## Evaluate\ntext"), new_code_cell("y = 2")])
+    TrainProgress(9, 10, 9.0, 0.1, 1.0, 0, written_at=time.time() - 3600).write(tmp_path)  # an earlier run's
+    with NotebookProgress("demo", Path("notebooks/train_evaluate.ipynb"), tmp_path) as progress:
+        assert not progress.interactive  # captured stderr is no terminal: plain lines
+        progress.cell_started(0, book.cells[0], book)  # Markdown: nothing to report
+        progress.cell_started(1, book.cells[1], book)
+        TrainProgress(5, 10, 0.5, 0.01, 5.0, 0, written_at=time.time()).write(tmp_path)
+        time.sleep(3 * NotebookProgress.POLL_SECONDS)
+        progress.cell_started(3, book.cells[3], book)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "[workbook] demo · train_evaluate: cell 1/2 (Train a row)",
+        "[workbook] demo · train_evaluate: training 5/10, loss 0.500, 5 s left",
+        "[workbook] demo · train_evaluate: cell 2/2 (Evaluate)",
+    ]
+
+
+def test_train_progress_reads_back_and_tolerates_a_missing_or_bad_file(tmp_path: Path) -> None:
+    from pointrend_core.engine.progress import PROGRESS_FILE, TrainProgress, read_progress
+
+    assert read_progress(tmp_path) is None
+    snapshot = TrainProgress(30, 120, 1.25, 0.01, 15.0, 10, written_at=123.0)
+    snapshot.write(tmp_path)
+    assert read_progress(tmp_path) == snapshot
+    assert snapshot.seconds_per_iteration == 0.75 and snapshot.eta_seconds == 67.5
+    assert [p.name for p in tmp_path.iterdir()] == [PROGRESS_FILE]  # no temporary left behind
+    (tmp_path / PROGRESS_FILE).write_text("{not json")
+    assert read_progress(tmp_path) is None
+
+
+def test_subdivision_sweep_defaults_include_the_rows_own_setting() -> None:
+    from pointrend_core import analysis
+
+    assert analysis.default_sweep(ROWS["demo"].model) == ([0, 1, 2], [1024, 2048, 4096])
+    assert analysis.default_sweep(ROWS["pointrend_r50_voc"].model) == ([0, 1, 2], [2049, 4098, 8196])
+
+
+def test_runs_display_is_readable_without_nan(tmp_path: Path) -> None:
+    from pointrend_core.reports import RUNS_DISPLAY_COLUMNS, runs_display
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "run.json").write_text(json.dumps(
+        {"row": "demo", "metrics": {"refined": {"mIoU": 61.234, "boundary_mIoU": 50.0}, "coarse": {"mIoU": 55.0}},
+         "data": {"num_images": 6, "dataset_size": 12}, "environment": {"date": "2026-12-02T03:00:00+00:00"}}))
+    table = runs_display(collect_runs(tmp_path))
+    assert list(table.columns) == RUNS_DISPLAY_COLUMNS[1:] and list(table.index) == ["a"]
+    line = table.loc["a"]
+    assert line["mIoU refined"] == 61.23 and line["boundary coarse"] == "—" and line["training"] == "—"
+    assert line["val images"] == "6 of 12" and line["finished"] == "2026-12-02 03:00"
+    assert "nan" not in table.to_html().lower()
 
 
 def test_configure_row_overrides() -> None:

@@ -6,7 +6,7 @@ Every dataset is `Cls(root, split, transforms=None)`; item `i` is `transforms(im
 * mask: `tv_tensors.Mask` uint8 (H, W) of class indices 0..K-1, the dataset's void values already mapped to
   `IGNORE_INDEX` (255).
 
-Layouts (reference section 5; `root` is the folder named in each class docstring):
+Layouts (recipe §5, `docs/reference-recipe.md`; `root` is the folder named in each class docstring):
 
 * `VOCSegmentation`: PASCAL VOC 2012 (+ SBD "aug" labels).
 * `ADE20kSegmentation`: ADEChallengeData2016 (SceneParsing), reduce-zero-label.
@@ -14,7 +14,7 @@ Layouts (reference section 5; `root` is the folder named in each class docstring
 * `FolderSegmentation`: `images/`, `masks/`, `classes.txt` for custom data.
 
 Masks are read with PIL, which yields class indices for both palette ('P') and single-channel ('L') PNGs
-(the reference's cv2 grayscale read turns palette PNGs into luminance, reference section 9 item 7).
+(the reference's cv2 grayscale read turns palette PNGs into luminance, recipe §5).
 Bad input raises at once with the file and the expected form: a missing root, split file or empty split in
 the constructor; a missing, unreadable or mismatched file, or an unknown label value, in `__getitem__`.
 """
@@ -159,7 +159,7 @@ CITYSCAPES_LABEL_TO_TRAIN = {
     7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13,
     27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
 }  # fmt: skip
-"""labelId -> trainId (reference section 5). Every other labelId 0..33 is void; so is 255 (-1, the license
+"""labelId -> trainId (recipe §5). Every other labelId 0..33 is void; so is 255 (-1, the license
 plate id, as stored in a uint8 PNG)."""
 
 # Appendix A of the reference: index = trainId after reduce-zero-label; the first synonym is the name.

@@ -1,4 +1,4 @@
-"""The recipe's training and test pipelines (reference sections 5.1 and 5.2) on (image, mask) pairs.
+"""The recipe's training and test pipelines (recipe §5.1 and §5.2, `docs/reference-recipe.md`) on (image, mask) pairs.
 
 Inputs are what the datasets return: image `tv_tensors.Image` uint8 (3, H, W) RGB, mask `tv_tensors.Mask`
 uint8 (H, W) with void = IGNORE_INDEX. Resize, crop and flip run on uint8 data; the photometric distortion
@@ -82,7 +82,7 @@ def _find_mask(flat_inputs: Sequence[Any]) -> tv_tensors.Mask:
 
 
 class RandomRescale(v2.Transform):
-    """Resize keeping the aspect ratio to `base_size` (long, short) times r ~ U[scale_range) (reference 5.1.1).
+    """Resize keeping the aspect ratio to `base_size` (long, short) times r ~ U[scale_range) (recipe §5.1, step 1).
 
     Target = (int(long * r), int(short * r)); the image is resized bilinearly (antialias off, like cv2
     INTER_LINEAR), the mask with nearest neighbour.
@@ -121,7 +121,7 @@ def _has_valid_pixel(mask: torch.Tensor, ignore_index: int) -> bool:
 
 class CatMaxRatioCrop(v2.Transform):
     """Random crop of `crop_size` (h, w) (or the whole side when the image is smaller), retried up to
-    `max_tries` times until `crop_is_acceptable` (reference 5.1.2); after that the last try is kept, or a
+    `max_tries` times until `crop_is_acceptable` (recipe §5.1, step 2); after that the last try is kept, or a
     centred window when the last try holds no valid pixel (see the module docstring)."""
 
     def __init__(
@@ -158,7 +158,7 @@ class CatMaxRatioCrop(v2.Transform):
 
 
 class CenterPad(v2.Transform):
-    """Pad to `size` (h, w), centred (top = (H_out - h) // 2, left likewise; reference 5.1.7), with 0 for
+    """Pad to `size` (h, w), centred (top = (H_out - h) // 2, left likewise; recipe §5.1, step 6), with 0 for
     images and IGNORE_INDEX for masks. Inputs larger than `size` are left as they are."""
 
     def __init__(self, size: tuple[int, int], image_fill: float = 0.0, mask_fill: int = IGNORE_INDEX) -> None:
@@ -180,7 +180,7 @@ class CenterPad(v2.Transform):
 
 
 # --------------------------------------------------------------------------------------------------------
-# Photometric distortion (reference 5.1.4)
+# Photometric distortion (recipe §5.1, step 4)
 #
 # `rgb_to_hsv_cv2` / `hsv_to_rgb_cv2` are cv2's 8-bit conversions, the plain reading of the reference; the
 # distortion itself uses `scale_saturation_` / `shift_hue`, which compute the same HSV operations directly
@@ -267,7 +267,7 @@ def shift_hue(x: torch.Tensor, delta: int, swap_rb: bool = True) -> torch.Tensor
     (`x` is left unchanged).
 
     H = cv2's 8-bit hue (degrees / 2, rounded) of the pixel, read with channel 2 as red when `swap_rb` (the
-    reference converts its BGR array with RGB2HSV, reference section 9 item 8); H' = (H + delta) mod 180;
+    reference converts its BGR array with RGB2HSV, recipe §5.1); H' = (H + delta) mod 180;
     each channel becomes v - (max - min) * ramp_c(H'), rounded, where ramp_c is the piecewise-linear HSV
     profile of channel c, looked up in a 181-entry table per channel (H is an integer, so this is exact).
     V and max - min are kept unquantised, which can differ from cv2's 8-bit S round trip by one grey level.
@@ -316,7 +316,7 @@ class PhotoMetricDistortion(v2.Transform):
     uint8 (3, H, W) in, float32 (3, H, W) holding whole numbers 0..255 out: the ops work in float32 and the
     next step (normalisation) wants float32, so a round trip through uint8 would only cost time.
 
-    The reference runs cv2's RGB<->HSV conversions on its BGR array (reference section 9 item 8); this is
+    The reference runs cv2's RGB<->HSV conversions on its BGR array (recipe §5.1); this is
     reproduced by reading channel 2 as red in the hue op, which amounts to shifting the true hue by the
     opposite amount. Saturation does not depend on the channel order. Both HSV ops are computed directly in
     RGB (`scale_saturation_`, `shift_hue`: much cheaper than converting to HSV and back, and equal to

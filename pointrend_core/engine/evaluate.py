@@ -1,7 +1,7 @@
 """Inference with test-time options, the evaluation loop, and the per-run result file.
 
 Shapes: C classes; (H', W') the resized network input, (H, W) the original image / label size; logits are
-(1, C, ., .) float32. Pipeline (reference sections 5.2 and 8): the dataset gives the resized, normalised
+(1, C, ., .) float32. Pipeline (recipe §5.2 and §8, `docs/reference-recipe.md`): the dataset gives the resized, normalised
 image and the label at its ORIGINAL size; the model's logits are resized bilinearly (align_corners=False)
 straight to (H, W) -- no crop back to (H', W') first, as the reference does -- then argmax. Every metric is
 computed twice, for the refined output (`PointRendOutput.logits`) and for the coarse stride-4 output

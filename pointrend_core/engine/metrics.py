@@ -7,7 +7,7 @@ its size depends only on C, never on the number or size of the images.
 Conventions (all metric values here are fractions in [0, 1]; reports multiply by 100):
 
 * Ignored pixels: target == `ignore_index`, and, following the reference (sssegmentation test driver,
-  reference section 8), any target value outside [0, C). They count nowhere.
+  recipe §8), any target value outside [0, C). They count nowhere.
 * mIoU, mAcc, aAcc follow chainercv's `eval_semantic_segmentation` and mmseg's `mean_iou`: one confusion
   matrix summed over the whole dataset (not averaged per image), rows = ground truth, columns =
   prediction; IoU_c = TP / (TP + FP + FN); acc_c = TP / (TP + FN); aAcc = trace / total; classes with no
@@ -200,7 +200,7 @@ class ConfusionMatrix:
 
     `update` adds `bincount(C * target + pred)` over the scored pixels (see `valid_pixels`); the state is
     created on the device of the first update. `compute` gives `SegmentationMetrics` (chainercv / mmseg
-    conventions, reference section 8). `merge` adds another matrix (e.g. another shard), `all_reduce` sums
+    conventions, recipe §8). `merge` adds another matrix (e.g. another shard), `all_reduce` sums
     the matrices of all processes in place.
     """
 

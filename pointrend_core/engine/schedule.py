@@ -1,4 +1,4 @@
-"""The learning-rate schedule of the recipe and the length of an epoch (reference sections 5.3 and 7).
+"""The learning-rate schedule of the recipe and the length of an epoch (recipe §7, `docs/reference-recipe.md`).
 
 Poly decay with a floor and a linear warm-up, as a pure function of the iteration: the trainer calls it
 *before* every optimiser step with `iteration` counting from 0, so iteration 0 trains at

@@ -1,4 +1,4 @@
-"""The training recipe of a table row (reference sections 5.3, 6 and 7): SGD with poly decay and warm-up,
+"""The training recipe of a table row (`docs/reference-recipe.md` §6 and §7): SGD with poly decay and warm-up,
 single-process or distributed, resumable bit for bit.
 
 Owns: `TrainOptions`, `train(row, data_root, out_dir, options) -> final checkpoint path`, and what makes a run
@@ -19,7 +19,7 @@ reproducible and restartable.
   function of the iteration). SIGTERM finishes the current step, writes `checkpoint_last.pth` and raises
   `TrainingInterrupted`; a non-finite loss raises `NonFiniteLossError` before the step, leaving the last good
   checkpoint untouched.
-- Logs: a tqdm bar (rank 0); `metrics.jsonl`, one JSON object per log step (iteration, fractional epoch, lr,
+- Logs: a tqdm bar (rank 0); `progress.json` after every step (`engine.progress`); `metrics.jsonl`, one JSON object per log step (iteration, fractional epoch, lr,
   mean losses of the window, cumulative seconds) and, with `evaluate`, one per evaluation (iteration, epoch,
   mIoU, coarse_mIoU, boundary_mIoU in %); `train.json` at the end (what ran, where, how fast, final losses).
 - Evaluation (`evaluate=True`, off by default): `evaluate_run` every `schedule.eval_every_epochs` epochs into
@@ -55,6 +55,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
 from pointrend_core.config import RowConfig
+from pointrend_core.engine.progress import PROGRESS_FILE, TrainProgress
 from pointrend_core.engine.schedule import iters_per_epoch, poly_lr
 from pointrend_core.files import atomic_torch_save, atomic_write, atomic_write_json, atomic_write_text
 
@@ -412,7 +413,7 @@ def _log(processes: Processes, message: str) -> None:
 
 def _remove_stale_temporaries(out_dir: Path) -> None:
     """Delete half-written files a killed run left behind (atomic writes name them `.<name>.*.tmp`)."""
-    for name in (LAST_CHECKPOINT, FINAL_CHECKPOINT, METRICS_FILE, TRAIN_FILE):
+    for name in (LAST_CHECKPOINT, FINAL_CHECKPOINT, METRICS_FILE, TRAIN_FILE, PROGRESS_FILE):
         for stale in out_dir.glob(f".{name}.*.tmp"):
             stale.unlink(missing_ok=True)
 
@@ -694,6 +695,7 @@ def _loop(
     """Steps until `run.max_iters`; logs, checkpoints, stops on SIGTERM or a non-finite loss."""
     options, processes, position, device = run.options, run.processes, run.position, run.processes.device
     window: dict[str, list[float]] = {}
+    session_iteration = position.iteration
     bar = tqdm(total=run.max_iters, initial=position.iteration, desc=run.row.name, dynamic_ncols=True,
                disable=not (processes.is_main and options.progress), file=sys.stderr)
     with _StopOnSigterm() as stop, bar:
@@ -729,6 +731,9 @@ def _loop(
                     window.setdefault(name, []).append(value)
                 bar.set_postfix(loss=f"{sum(values.values()):.4f}", lr=f"{lr:.2e}", epoch=position.epoch, refresh=False)
                 bar.update(1)
+                if processes.is_main:
+                    TrainProgress(position.iteration, run.max_iters, sum(values.values()), lr,
+                                  time.perf_counter() - session_start, session_iteration, time.time()).write(run.out_dir)
 
                 done = position.iteration >= run.max_iters
                 if position.iteration % options.log_every == 0 or done:

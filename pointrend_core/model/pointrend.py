@@ -135,7 +135,7 @@ class PointRend(nn.Module):
         batch, channels, height, width = upsampled.shape
         uncertainty_map = uncertainty(upsampled)
         indices, coords = uncertain_points_on_grid(uncertainty_map, self.subdivision_num_points)
-        # Coarse point features come from the original stride-4 logits, never the refined map (reference 3.1).
+        # Coarse point features come from the original stride-4 logits, never the refined map (recipe §3.1).
         point_logits = self.point_logits(fine_features, coarse_logits, coords).to(upsampled.dtype)
         refined = (
             upsampled.reshape(batch, channels, height * width)

@@ -8,7 +8,7 @@ Conventions used by every function here:
 - Sampling outside the map blends with zeros (`padding_mode="zeros"`); a point within half a pixel of the
   border therefore mixes in zeros, exactly as the reference (mmcv's point_sample) does.
 
-These are the conventions of the sssegmentation reference (shared reference, sections 2.5 and 3) and of
+These are the conventions of the sssegmentation reference (`docs/reference-recipe.md` §3) and of
 detectron2's PointRend project.
 """
 
