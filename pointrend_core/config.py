@@ -182,13 +182,14 @@ DEMO = RowConfig(
         default_root="data/demo",
         train_split="train",
         val_split="val",
-        crop_size=(192, 192),
+        crop_size=(128, 128),
         base_size=(256, 256),
         scale_range=(0.75, 1.25),
     ),
-    schedule=ScheduleConfig(batch_size=8, epochs=6, lr=0.02, warmup_iters=20, eval_every_epochs=2),
+    schedule=ScheduleConfig(batch_size=8, epochs=12, lr=0.05, warmup_iters=20, eval_every_epochs=4),
 )
-"""A small row that trains on 2 CPU cores in minutes, on the embedded procedural dataset."""
+"""A small row that trains on 2 CPU cores in minutes, on the embedded procedural dataset: ResNet-18 from
+scratch, 360 steps of 128 x 128 crops. Why each setting is what it is, and what was measured: docs/demo.md."""
 
 ROWS: dict[str, RowConfig] = {
     row.name: row

@@ -191,6 +191,9 @@ class NotebookProgress:
 
     def _poll_once(self) -> None:
         snapshot = read_progress(self.run_dir)
+        with self._lock:
+            if self._status is not None:
+                self._status.refresh()  # the elapsed time of the cell line
         if snapshot is None or snapshot.written_at < self._started:
             return
         with self._lock:

@@ -3,7 +3,7 @@
 Why it looks the way it does: the demo row trains a small ResNet-18 from scratch on a CPU in minutes, so
 *what* each object is must be easy (every class has its own hue band, and backgrounds are nearly grey),
 while *where* its outline runs must be hard for a stride-4 prediction: rings and bars are 2-4 px wide,
-bars come in parallel groups with 3-7 px gaps, stars have thin spikes, leaves have pointed tips and a
+bars come in parallel groups of up to three with 5-9 px gaps, stars have thin spikes, leaves have pointed tips and a
 2-px stem, discs have wavy outlines. The backgrounds carry fine texture (stripes, checks, grey scratches
 that look like thin bars but are background) so that thin means "look closely", not "object".
 
@@ -53,7 +53,7 @@ An object of theirs covers about a third of a disc's pixels, so with equal draws
 classes in the training pixels (about 2 % each against 6 % for discs); drawing them twice as often evens the
 pixel shares out without making them any wider."""
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """Bumped whenever the rendering changes, so that an existing tree is regenerated, not reused."""
 
 
@@ -263,9 +263,9 @@ def _shape(rng: np.random.Generator, cls: int, size: int) -> tuple[float, float,
         theta = rng.uniform(0, np.pi)
         verts = star_vertices(cy, cx, outer, inner, points, theta)
         return cy, cx, outer + 1, lambda yy, xx: sdf_star(yy, xx, cy, cx, verts, theta)
-    if cls == 4:  # group of 1-4 parallel thin bars
+    if cls == 4:  # group of 1-3 parallel thin bars
         theta, length, width = rng.uniform(0, np.pi), rng.uniform(50, 160) * s, rng.uniform(2, 4)
-        count, gap = int(rng.integers(1, 5)), width + rng.uniform(3, 7)
+        count, gap = int(rng.integers(1, 4)), width + rng.uniform(5, 9)
         offsets = (np.arange(count) - (count - 1) / 2) * gap
         normal = np.array([np.cos(theta), -np.sin(theta)])  # (dy, dx) across the bars
 
