@@ -216,13 +216,15 @@ def point_settings_table(row: RowConfig, sample: Any) -> pd.DataFrame:
     """The point-selection settings of `row` and the image (`analysis.EvalSample`) the figures show."""
     model = row.model
     _, _, height, width = sample.input.shape
+    n = model.train_num_points
     settings = {
-        "image": f"{sample.title}: network input {height} × {width}, label {sample.gt.shape[0]} × {sample.gt.shape[1]}",
-        "training points": f"k·N = {int(model.oversample_ratio * model.train_num_points)} candidates, "
-                           f"β·N = {int(model.importance_sample_ratio * model.train_num_points)} uncertain, "
-                           f"N = {model.train_num_points} in all",
-        "subdivision": f"{model.subdivision_steps} steps × {model.subdivision_num_points} points "
-                       f"from the stride-4 coarse map",
+        "image": sample.title,
+        "network input": f"{height} × {width}",
+        "label": f"{sample.gt.shape[0]} × {sample.gt.shape[1]}",
+        "training candidates (k·N)": int(model.oversample_ratio * n),
+        "training points, uncertain (β·N)": int(model.importance_sample_ratio * n),
+        "training points, random ((1-β)·N)": n - int(model.importance_sample_ratio * n),
+        "subdivision": f"{model.subdivision_steps} steps × {model.subdivision_num_points} points",
     }
     return pd.Series(settings).to_frame("setting")
 
@@ -395,7 +397,7 @@ def index_html(reports_dir: str | os.PathLike, runs_dir: str | os.PathLike, stat
             state = "ok" if status.ok else '<span class="failed">failed</span>'
             links = " · ".join(filter(None, (_link(reports, r, r) for r in status.reports)))
             error = f"<pre>{html.escape(status.error)}</pre>" if status.error else ""
-        finished = html.escape(status.finished or "") if status else ""
+        finished = html.escape((status.finished or "")[:16].replace("T", " ")) if status else ""
         lines.append(
             f"<tr><td>{html.escape(name)}</td><td>{state}</td><td>{finished}</td>"
             f"<td>{links}</td><td style='text-align:left'>{error}</td></tr>"

@@ -122,8 +122,11 @@ def class_legend(
     label_maps: Sequence[torch.Tensor | np.ndarray],
     palette: Sequence[Sequence[int]] | np.ndarray,
     classes: Sequence[str] | None = None,
+    *,
+    beside: bool = False,
 ) -> None:
-    """A legend of the class colours that appear in `label_maps` (each (H, W) int), below the figure.
+    """A legend of the class colours that appear in `label_maps` (each (H, W) int), below the figure (or
+    `beside` it, on the right, for figures that already have a legend below).
 
     Classes are named by `classes` (else "class i"), ordered by how many pixels they cover in all maps
     together, at most `MAX_LEGEND_CLASSES`; ignored pixels get their own entry when present.
@@ -144,8 +147,9 @@ def class_legend(
         handles.append(Patch(facecolor=np.asarray(IGNORE_COLOR) / 255.0, edgecolor="#555", linewidth=0.5,
                              label="ignored"))
     if handles:
-        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 8), fontsize=9,
-                   frameon=False, title="classes", title_fontsize=9)
+        fig.legend(handles=handles, loc="outside right upper" if beside else "outside lower center",
+                   ncols=1 if beside else min(len(handles), 8), fontsize=9, frameon=False, title="classes",
+                   title_fontsize=9)
 
 
 def _show(ax: Axes, picture: np.ndarray, title: str, **kwargs) -> None:
@@ -229,7 +233,7 @@ def show_training_points(
         ncols=3,
         fontsize=9,
     )
-    class_legend(fig, [labels], colors, classes)
+    class_legend(fig, [labels], colors, classes, beside=True)
     fig.suptitle("Training-time point selection over the coarse prediction", fontsize=11)
     return fig
 
@@ -395,6 +399,9 @@ def plot_sweep(sweep: pd.DataFrame) -> Figure:
             ours = sweep[sweep["row_setting"]].iloc[0]
             ax.plot([ours["points"]], [ours[column]], marker="*", markersize=13, color="black", linestyle="none",
                     label="the row's setting")
+        values = sweep[column].astype(float)
+        span = max(values.max() - values.min(), 1e-9)
+        ax.set_ylim(values.min() - 0.08 * span, values.max() + 0.08 * span)  # the coarse line included
         ax.set_xlabel("points per step")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
