@@ -313,7 +313,8 @@ def test_batch_reports_read_as_reports(batch, row: str) -> None:
     assert f"<title>{row}: Train and evaluate one table row</title>" in html
     assert '<a href="index.html">' in html  # back to the index
     assert "launch.train_and_evaluate" not in html and "os.chdir" not in html  # results, not code
-    assert "jp-InputArea" not in html
+    assert not re.search(r'class="[^"]*jp-CodeMirrorEditor', html)  # no code input is rendered
+    assert re.search(r'class="[^"]*jp-RenderedMarkdown', html)  # the explanations are
     params = re.search(r'<table class="pr-params">.*?</table>', html, re.S).group(0)
     assert f"<td>config</td><td><code>{row}</code></td>" in params
     # Paths appear relative to the working directory where they lie inside it, absolute otherwise.
