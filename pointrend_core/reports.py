@@ -268,7 +268,7 @@ def runs_display(runs: pd.DataFrame) -> pd.DataFrame:
                 f"{int(run['train_iters'])} it, {format_duration(run['train_seconds'])}",
                 "hardware": run["hardware"] or "—",
                 "val images": evaluated,
-                "finished": "—" if not run["finished"] else str(run["finished"])[:16].replace("T", " "),
+                "finished": to_the_minute(run["finished"]) or "—",
             }
         )
     return pd.DataFrame(lines, columns=RUNS_DISPLAY_COLUMNS).set_index("run folder")
@@ -289,6 +289,11 @@ def collect_runs(runs_dir: str | os.PathLike) -> pd.DataFrame:
     paths = sorted(root.glob("*/run.json")) if root.is_dir() else []
     records = [run_summary(_read_json(path), path) for path in paths]
     return pd.DataFrame.from_records(records, columns=RUN_COLUMNS)
+
+
+def to_the_minute(timestamp: str | None) -> str:
+    """'2026-12-02T03:42:22+00:00' -> '2026-12-02 03:42' (times are recorded in UTC); '' for None."""
+    return str(timestamp)[:16].replace("T", " ") if timestamp else ""
 
 
 def format_duration(seconds: float) -> str:
@@ -397,7 +402,7 @@ def index_html(reports_dir: str | os.PathLike, runs_dir: str | os.PathLike, stat
             state = "ok" if status.ok else '<span class="failed">failed</span>'
             links = " · ".join(filter(None, (_link(reports, r, r) for r in status.reports)))
             error = f"<pre>{html.escape(status.error)}</pre>" if status.error else ""
-        finished = html.escape((status.finished or "")[:16].replace("T", " ")) if status else ""
+        finished = html.escape(to_the_minute(status.finished)) if status else ""
         lines.append(
             f"<tr><td>{html.escape(name)}</td><td>{state}</td><td>{finished}</td>"
             f"<td>{links}</td><td style='text-align:left'>{error}</td></tr>"

@@ -19,9 +19,10 @@ reproducible and restartable.
   function of the iteration). SIGTERM finishes the current step, writes `checkpoint_last.pth` and raises
   `TrainingInterrupted`; a non-finite loss raises `NonFiniteLossError` before the step, leaving the last good
   checkpoint untouched.
-- Logs: a tqdm bar (rank 0); `progress.json` after every step (`engine.progress`); `metrics.jsonl`, one JSON object per log step (iteration, fractional epoch, lr,
-  mean losses of the window, cumulative seconds) and, with `evaluate`, one per evaluation (iteration, epoch,
-  mIoU, coarse_mIoU, boundary_mIoU in %); `train.json` at the end (what ran, where, how fast, final losses).
+- Logs: a tqdm bar (rank 0); `progress.json` after every step (`engine.progress`); `metrics.jsonl`, one JSON
+  object per log step (iteration, fractional epoch, lr, mean losses of the window, cumulative seconds) and,
+  with `evaluate`, one per evaluation (iteration, epoch, mIoU, coarse_mIoU, boundary_mIoU in %); `train.json`
+  at the end (what ran, where, how fast, final losses).
 - Evaluation (`evaluate=True`, off by default): `evaluate_run` every `schedule.eval_every_epochs` epochs into
   out_dir/eval/epoch_NNN/run.json and at the end into out_dir/run.json (which then includes train.json).
 
