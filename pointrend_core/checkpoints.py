@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -32,25 +33,54 @@ class CheckpointError(ValueError):
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The object stored in `path`, read with `weights_only=True`; clear errors for anything else."""
+    """The object stored in `path`, read with `weights_only=True`.
+
+    Three kinds of bad file get three messages: a file that is no PyTorch checkpoint at all, one that was
+    cut short (a zip archive without its end), and one holding pickled code, which is refused without being
+    run. None of them suggests loading with `weights_only=False`: that would run whatever the file holds.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    with path.open("rb") as f:
+        head = f.read(4)
+    is_zip, is_pickle = head.startswith(b"PK\x03\x04"), head[:1] == b"\x80"
+    if not (is_zip or is_pickle):
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint: it is neither a zip archive (what torch.save writes) "
+            f"nor a legacy pickle file (it starts with {head!r})"
+        )
+    if is_zip and not _zip_is_complete(path):
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint: the zip archive torch.save wrote is incomplete or "
+            "damaged (an interrupted download or copy?); fetch or copy it again"
+        )
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
         raise CheckpointError(
-            f"{path} holds pickled Python objects other than tensors and plain containers; it was refused "
-            f"(loading it would run code). Re-save only the state dict: torch.save({{'model': model.state_dict()}}, ...). "
-            f"Detail: {str(error).splitlines()[0]}"
+            f"{path} holds pickled Python objects other than tensors and plain containers"
+            + (f" ({found.group(1)})" if found else "")
+            + "; it was refused without being run. Re-save only the weights: "
+            "torch.save({'model': model.state_dict()}, path)"
         ) from None
-    except Exception as error:  # torch.load reports foreign or truncated files with many exception types
-        raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (truncated or another format?): {error}"
-        ) from None
+    except Exception as error:  # a damaged legacy pickle, or a zip archive of something else
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0] if str(error) else 'no detail'})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict (a state dict or {{'model': ...}})")
     return obj
+
+
+def _zip_is_complete(path: Path) -> bool:
+    """Whether the zip archive at `path` has its central directory and every member's size fits the file."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            size = path.stat().st_size
+            return all(info.header_offset + info.compress_size <= size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def extract_state_dict(obj: dict[str, Any], path: str | os.PathLike = "<checkpoint>") -> dict[str, Tensor]:

@@ -138,8 +138,28 @@ class Payload:
 def test_pickled_code_is_refused_not_executed(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"model": Payload()}, path)
-    with pytest.raises(CheckpointError, match="refused"):
+    with pytest.raises(CheckpointError, match="refused") as error:
         load_checkpoint(build_model("demo"), path)
+    message = str(error.value)
+    assert "pickled Python objects" in message and "system" in message  # names what it would have run
+    assert "weights_only" not in message  # never advise turning the safety off
+
+
+def test_foreign_truncated_and_code_files_get_three_messages(tmp_path):
+    (tmp_path / "random.pth").write_bytes(bytes(range(7, 200)))
+    full = tmp_path / "full.pth"
+    torch.save(build_model("demo").state_dict(), full)
+    (tmp_path / "cut.pth").write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    torch.save({"model": Payload()}, tmp_path / "code.pth")
+    messages = {}
+    for name in ("random", "cut", "code"):
+        with pytest.raises(CheckpointError) as error:
+            load_checkpoint(build_model("demo"), tmp_path / f"{name}.pth")
+        messages[name] = str(error.value)
+    assert "neither a zip archive" in messages["random"]
+    assert "incomplete or damaged" in messages["cut"]
+    assert "refused without being run" in messages["code"]
+    assert all("weights_only" not in m for m in messages.values())
 
 
 def test_files_that_are_not_checkpoints(tmp_path):

@@ -93,6 +93,12 @@ def test_runtime_errors_exit_1_naming_the_problem(tmp_path: Path, voc_root: Path
                  "--device", "cpu", "--amp", "fp16"])
     assert code == 1
     assert "amp 'fp16' needs CUDA" in capsys.readouterr().err
+    common = ["--config", "demo", "--data-root", str(voc_root), "--out", str(tmp_path / "run"), "--device", "foo"]
+    for argv in (["train", *common], ["evaluate", *common, "--checkpoint", str(missing)]):
+        code = main(argv)
+        assert code == 1
+        err = capsys.readouterr().err
+        assert err == "error: device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'foo'\n"  # no traceback
 
 
 def test_make_demo_data_train_and_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

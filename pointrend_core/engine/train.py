@@ -143,7 +143,10 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """"auto" -> cuda if available else cpu; a bare "cuda" becomes cuda:local_rank (one device per process)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # torch lists every device type it knows; say which ones are meant here
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
