@@ -126,3 +126,30 @@ def test_make_demo_data_train_and_evaluate(tmp_path: Path, capsys: pytest.Captur
     assert run["data"]["num_images"] == 1 and run["checkpoint"] == str(out / "checkpoint_final.pth")
     assert run["training"]["iterations"] == 2  # the training summary is merged into the run record
     assert 0 <= run["metrics"]["refined"]["mIoU"] <= 100
+
+
+def test_a_bad_image_in_a_loader_worker_ends_the_run_at_once_with_its_message(tmp_path: Path) -> None:
+    """With loader workers (the default) a decoding error used to leave the process waiting on its workers
+    for ever; it must end like with --workers 0: one line naming the file, exit 1, no traceback."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from pointrend_core.data.demo import make_demo_dataset
+
+    root = make_demo_dataset(tmp_path / "demo", num_images=10, size=64)
+    bad = root / "JPEGImages" / "demo_00000.jpg"  # a training image (every fifth is val)
+    bad.write_bytes(bad.read_bytes()[:300])
+    started = time.perf_counter()
+    completed = subprocess.run(
+        [sys.executable, "-m", "pointrend_core", "train", "--config", "demo", "--data-root", str(root), "--out",
+         str(tmp_path / "run"), "--crop", "32", "32", "--batch-size", "2", "--max-iters", "40", "--workers", "2",
+         "--device", "cpu", "--no-progress"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    seconds = time.perf_counter() - started
+    assert completed.returncode == 1, completed.stderr[-2000:]
+    assert f"error: cannot decode image {bad}" in completed.stderr
+    assert "Traceback" not in completed.stderr and "DataLoader worker" not in completed.stderr
+    assert seconds < 60  # it used to hang until killed

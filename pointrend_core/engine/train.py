@@ -548,7 +548,15 @@ def _train(
     )
 
     start_iteration, session_start = run.position.iteration, time.perf_counter()
-    _loop(run, model, optimizer, scaler, loader, sampler, root, session_start)
+    try:
+        _loop(run, model, optimizer, scaler, loader, sampler, root, session_start)
+    except Exception as error:
+        message = _worker_error_message(error)
+        if message is None:
+            raise
+        raise type(error)(message) from None  # what the worker said, as with workers=0
+    finally:
+        _stop_workers(loader)
 
     if processes.is_main:
         _copy_file(run.last_path, run.final_path)
@@ -657,6 +665,37 @@ def _ignore_sigterm(worker_id: int) -> None:
     # A SIGTERM sent to the whole process group must not kill loader workers mid-step: the main process
     # finishes the step, checkpoints, and shuts them down.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _worker_error_message(error: BaseException) -> str | None:
+    """The original message of an exception raised in a loader worker, or None for any other exception.
+
+    torch re-raises a worker's exception in the main process with the worker's whole traceback as its message
+    ("Caught ValueError in DataLoader worker process 0. Original Traceback ..."); the last line holds the
+    original "ValueError: <message>".
+    """
+    text = str(error)
+    if not (text.startswith("Caught ") and "Original Traceback" in text):
+        return None
+    last = text.rstrip().splitlines()[-1]
+    return last.split(": ", 1)[1] if ": " in last else last
+
+
+def _stop_workers(loader: DataLoader) -> None:
+    """End the loader's worker processes now, whatever state they are in.
+
+    They ignore SIGTERM (`_ignore_sigterm`), and torch's own shutdown ends a straggler with SIGTERM: after an
+    error (a bad image in a worker, a NaN) a worker blocked on its full result queue would outlive the run and
+    the interpreter would wait for it at exit forever. The workers hold nothing worth keeping, so SIGKILL.
+    """
+    iterator = getattr(loader, "_iterator", None)  # persistent workers live in the loader's iterator
+    if iterator is None:
+        return
+    iterator._shutdown_workers()  # first, so that torch no longer treats a worker's death as an error
+    for worker in iterator._workers:
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
 
 
 def _make_loader(dataset: Dataset, run: _Run) -> tuple[DataLoader, EpochSampler]:
