@@ -128,8 +128,9 @@ def class_legend(
     """A legend of the class colours that appear in `label_maps` (each (H, W) int), below the figure (or
     `beside` it, on the right, for figures that already have a legend below).
 
-    Classes are named by `classes` (else "class i"), ordered by how many pixels they cover in all maps
-    together, at most `MAX_LEGEND_CLASSES`; ignored pixels get their own entry when present.
+    Classes are named by `classes` (else "class i") and listed in class order; when more than
+    `MAX_LEGEND_CLASSES` appear, those covering the most pixels of all maps together are kept. Ignored
+    pixels get their own entry when present.
     """
     colors = np.asarray(palette, dtype=np.uint8)
     counts = np.zeros(len(colors) + 1, dtype=np.int64)  # the last slot counts ignored pixels
