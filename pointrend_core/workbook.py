@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -302,6 +303,9 @@ def execute(
                 engine_name=CELL_REPORTING_ENGINE,
                 on_cell_start=progress.cell_started if progress is not None else None,
                 config=Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(sockets, "kernel")}}),
+                # The kernel's own log (not the notebook's output) only ever said something when it was shut
+                # down mid-cell, as a traceback of its closed socket; a dead kernel still fails the notebook.
+                extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
             )
     finally:
         if output.is_file():
@@ -461,6 +465,18 @@ def run_rows(
     return statuses
 
 
+def _stop_like_ctrl_c_on(*signals: signal.Signals) -> None:
+    """Turn these signals into KeyboardInterrupt, so that a closed terminal (SIGHUP) or a `kill` (SIGTERM)
+    unwinds the runner like Ctrl-C does: papermill then shuts the notebook's kernel down. Killed outright,
+    the runner would leave the kernel running, and training in it, with nobody to read its results."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+    for each in signals:
+        signal.signal(each, interrupt)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pointrend_core.workbook", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -486,7 +502,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--extra-param", action="append", default=[], metavar="NAME=VALUE",
         help="another notebook parameter (Python literal or string), e.g. gpus=2, checkpoint=x.pth, crop_size=(64,64)",
     )
+    run.add_argument("--notebooks-dir", type=Path, default=None, metavar="DIR",
+                     help="the notebooks to run (default: notebooks/ of this source checkout)")
     args = parser.parse_args(argv)
+    _stop_like_ctrl_c_on(signal.SIGTERM, signal.SIGHUP)
     try:
         rows = parse_rows(args.rows)
         statuses = run_rows(
@@ -500,9 +519,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             extra_params=parse_extra_params(args.extra_param),
             points=not args.no_points,
             released_dir=args.released_dir,
+            notebooks_dir=args.notebooks_dir,
         )
     except (ValueError, KeyError, FileNotFoundError) as err:
         parser.error(err.args[0] if isinstance(err, KeyError) else str(err))  # KeyError's str() adds quotes
+    except KeyboardInterrupt as stop:
+        print(f"\n[workbook] {stop or 'interrupted'}: the running notebook's kernel was shut down; rows that "
+              "finished keep their reports, and a re-run continues with the others", file=sys.stderr, flush=True)
+        return 130
     print(f"[workbook] index: {Path(args.reports_dir) / 'index.html'}")
     return 0 if all(status.ok for status in statuses.values()) else 1
 

@@ -479,3 +479,46 @@ def test_run_streaming_echoes_and_reports_failures(capsys) -> None:
     assert capsys.readouterr().out == "one\ntwo\n"
     with pytest.raises(RuntimeError, match=r"exit code 3 from: .*\nlast output:\nb\nc\n"):
         run_streaming([sys.executable, "-c", "import sys; print('a'); print('b'); print('c'); sys.exit(3)"], keep=2)
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGHUP"])
+def test_a_stopped_runner_shuts_its_kernel_down(tmp_path: Path, signal_name: str) -> None:
+    """Killing `workbook run` (a `kill`, a closed terminal) used to leave the notebook's kernel running, still
+    training; now the runner unwinds like Ctrl-C: the kernel is shut down and the exit code is 130."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    pid_file = tmp_path / "kernel.pid"
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    _notebook(notebooks / "train_evaluate.ipynb", 'config = "demo"\ndata_root = None\nout_dir = None\nmax_iters = None\n'
+              'device = "cpu"', f"import os, pathlib, time\npathlib.Path({str(pid_file)!r}).write_text(str(os.getpid()))\n"
+              "time.sleep(120)")
+    _notebook(notebooks / "point_selection.ipynb", 'config = "demo"', "print(1)")
+    _notebook(notebooks / "results.ipynb", 'runs_dir = "runs"', "print(1)")
+    (tmp_path / "data").mkdir()  # an existing root: the demo data is not generated
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "pointrend_core.workbook", "run", "--rows", "demo", "--data-root", str(tmp_path / "data"),
+         "--notebooks-dir", str(notebooks), "--runs-dir", str(tmp_path / "runs"), "--reports-dir", str(tmp_path / "reports")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 60
+    while not pid_file.exists() and time.time() < deadline and runner.poll() is None:
+        time.sleep(0.2)
+    kernel = int(pid_file.read_text())
+    runner.send_signal(getattr(signal, signal_name))
+    _, stderr = runner.communicate(timeout=30)
+    assert runner.returncode == 130
+    assert f"[workbook] stopped by {signal_name}: the running notebook's kernel was shut down" in stderr
+    assert "Traceback" not in stderr
+    for _ in range(50):  # the kernel is asked to stop, then killed; give it a moment
+        try:
+            os.kill(kernel, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(kernel, signal.SIGKILL)
+        pytest.fail(f"the kernel (pid {kernel}) outlived the runner")
