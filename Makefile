@@ -28,8 +28,9 @@ benchmarks: install
 	$(PY) benchmarks/data.py
 	$(PY) benchmarks/train.py
 
+# Containers often run as root, where JupyterLab refuses to start without --allow-root.
 lab: install
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $$(test "$$(id -u)" = 0 && echo --allow-root)
 
 clean-reports:
 	rm -rf reports/*.html runs/
