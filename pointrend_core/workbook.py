@@ -246,15 +246,16 @@ def display_value(value: Any, base: Path) -> str:
     return repr(value) if not isinstance(value, str) else value
 
 
-def render_html(notebook_path: Path, html_path: Path, *, title: str | None = None) -> Path:
+def render_html(notebook_path: Path, html_path: Path, *, row: str | None = None) -> Path:
     """Executed notebook -> a self-contained HTML report (figures embedded as data URIs), written atomically.
 
-    The page shows outputs and Markdown only (no code), is titled `title` (default: the notebook's first
-    heading), links back to `index.html` beside it, and lists the parameters papermill injected, paths
-    relative to the working directory.
+    The page shows outputs and Markdown only (no code), is titled by the notebook's first heading (after
+    "<row>: " when a row is given), links back to `index.html` beside it, and lists the parameters papermill
+    injected, paths relative to the working directory.
     """
     notebook = nbformat.read(notebook_path, as_version=4)
-    notebook.metadata["title"] = title or notebook_title(notebook) or Path(notebook_path).stem
+    heading = notebook_title(notebook) or Path(notebook_path).stem
+    notebook.metadata["title"] = f"{row}: {heading}" if row else heading
     injected = notebook.metadata.get("papermill", {}).get("parameters", {})
     exporter = HTMLExporter(
         template_file=str(REPORT_TEMPLATE), exclude_input=True, exclude_input_prompt=True,
@@ -280,7 +281,7 @@ def _injectable(value: Any) -> Any:
 
 
 def execute(
-    notebook: Path, output: Path, parameters: Mapping[str, Any], html_path: Path, *, title: str | None = None,
+    notebook: Path, output: Path, parameters: Mapping[str, Any], html_path: Path, *, row: str | None = None,
     progress: NotebookProgress | None = None,
 ) -> None:
     """Run `notebook` with `parameters` into `output`, then render `html_path`, also when a cell failed (the
@@ -288,7 +289,7 @@ def execute(
 
     The kernel talks to us over IPC sockets in a private temporary folder rather than TCP: nothing else on
     the machine can connect to it, and the kernel has no reason to warn about unencrypted TCP. `progress`
-    (optional) is told of every cell as it starts.
+    (optional) is told of every cell as it starts; `row` goes into the report's title.
     """
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -309,7 +310,7 @@ def execute(
             )
     finally:
         if output.is_file():
-            render_html(output, html_path, title=title)
+            render_html(output, html_path, row=row)
 
 
 def _error_message(notebook: str, err: BaseException) -> str:
@@ -347,9 +348,8 @@ def run_row(
         _ensure_demo_data(row, data_root)
         for notebook, html_name, parameters in jobs:
             step = notebook.name
-            title = f"{row}: {notebook_title(nbformat.read(notebook, as_version=4)) or notebook.stem}"
             with NotebookProgress(row, notebook, out_dir, enabled=progress) as bar:
-                execute(notebook, out_dir / notebook.name, parameters, reports_dir / html_name, title=title,
+                execute(notebook, out_dir / notebook.name, parameters, reports_dir / html_name, row=row,
                         progress=bar)
     except Exception as err:  # a row's failure is its status, not the batch's end
         error = _error_message(step, err)
@@ -456,7 +456,6 @@ def run_rows(
                 runs_dir / RESULTS,
                 {"runs_dir": str(runs_dir.resolve())},
                 reports_dir / "results.html",
-                title="Results: the model-zoo table",
                 progress=bar,
             )
     except Exception as err:  # the index still gets written; it links whatever exists
