@@ -10,7 +10,7 @@ import pytest
 
 from pointrend_core.__main__ import build_parser, main, resolve_row
 from pointrend_core.data.demo import DemoShapes
-from pointrend_core.data.synthetic_trees import write_voc_tree
+from synthetic_trees import write_voc_tree
 
 
 def _exit_code(argv: list[str]) -> int:

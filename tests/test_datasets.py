@@ -20,7 +20,7 @@ from pointrend_core.data.datasets import (
     VOCSegmentation,
     bitwise_palette,
 )
-from pointrend_core.data.synthetic_trees import (
+from synthetic_trees import (
     write_ade20k_tree,
     write_cityscapes_tree,
     write_folder_tree,

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from hsv_cv2 import rgb_to_hsv_cv2
 
 from pointrend_core.config import DEMO
 from pointrend_core.data.demo import (
@@ -22,7 +23,6 @@ from pointrend_core.data.demo import (
     sdf_star,
     star_vertices,
 )
-from pointrend_core.data.transforms import rgb_to_hsv_cv2
 from pointrend_core.data.validate import check_dataset
 
 

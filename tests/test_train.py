@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from pointrend_core.checkpoints import load_checkpoint
 from pointrend_core.config import DEMO, replace
 from pointrend_core.data.datasets import VOCSegmentation
-from pointrend_core.data.synthetic_trees import write_voc_tree
+from synthetic_trees import write_voc_tree
 from pointrend_core.data.transforms import train_transforms
 from pointrend_core.engine.schedule import poly_lr
 from pointrend_core.engine.progress import read_progress

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torchvision import tv_tensors
 
+from hsv_cv2 import hsv_to_rgb_cv2, rgb_to_hsv_cv2
 from pointrend_core.config import DEMO, IGNORE_INDEX, ROWS
 from pointrend_core.data.transforms import (
     MEAN,
@@ -20,9 +21,7 @@ from pointrend_core.data.transforms import (
     crop_is_acceptable,
     denormalize,
     eval_transforms,
-    hsv_to_rgb_cv2,
     keep_ratio_size,
-    rgb_to_hsv_cv2,
     scale_saturation_,
     shift_hue,
     train_transforms,

@@ -210,7 +210,7 @@ TINY = {
 def trees(tmp_path_factory) -> dict[str, Path]:
     """Generated trees in each dataset's layout (2 images per split), and a small demo dataset, by row."""
     from pointrend_core.data.demo import make_demo_dataset
-    from pointrend_core.data.synthetic_trees import write_ade20k_tree, write_cityscapes_tree, write_voc_tree
+    from synthetic_trees import write_ade20k_tree, write_cityscapes_tree, write_voc_tree
 
     base = tmp_path_factory.mktemp("trees")
     voc = write_voc_tree(base / "voc", num_images=2, size=(48, 64), splits=("trainaug", "val"))

@@ -232,21 +232,10 @@ class ConfusionMatrix:
             self._matrix = _writable(self._matrix)
             self._matrix += counts.to(self._matrix.device)
 
-    def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
-        """Add the counts of `other` (same number of classes) into this matrix; returns self."""
-        if other.num_classes != self.num_classes:
-            raise ValueError(f"cannot merge confusion matrices of {other.num_classes} and {self.num_classes} classes")
-        self._matrix = _writable(self.matrix)
-        self._matrix.add_(other.matrix.to(self._matrix.device))
-        return self
-
     def all_reduce(self) -> None:
         """Sum the matrices of all processes (every rank must call it); no-op without torch.distributed."""
         self._matrix = _writable(self.matrix)
         all_reduce_(self._matrix)
-
-    def reset(self) -> None:
-        self._matrix = None
 
     def compute(self) -> SegmentationMetrics:
         return metrics_from_confusion(self.matrix)
@@ -314,24 +303,10 @@ class BoundaryIoU:
             state[0].index_add_(0, idx, inter.to(state.device))
             state[1].index_add_(0, idx, union.to(state.device))
 
-    def merge(self, other: BoundaryIoU) -> BoundaryIoU:
-        """Add the totals of `other` (same classes and ratio) into this one; returns self."""
-        if other.num_classes != self.num_classes or other.dilation_ratio != self.dilation_ratio:
-            raise ValueError(
-                f"cannot merge BoundaryIoU({other.num_classes}, ratio {other.dilation_ratio}) into "
-                f"BoundaryIoU({self.num_classes}, ratio {self.dilation_ratio})"
-            )
-        self._state = _writable(self.state)
-        self._state.add_(other.state.to(self._state.device))
-        return self
-
     def all_reduce(self) -> None:
         """Sum the totals of all processes (every rank must call it); no-op without torch.distributed."""
         self._state = _writable(self.state)
         all_reduce_(self._state)
-
-    def reset(self) -> None:
-        self._state = None
 
     def compute(self) -> BoundaryMetrics:
         inter, union = self.state.detach().to("cpu", torch.float64)
