@@ -43,8 +43,9 @@ def staged_forward(model: PointRend, images: torch.Tensor, sync) -> tuple[dict[s
     pyramid = timed("fpn", model.fpn_neck, features)
     coarse = timed("coarse_head", lambda p: model.auxiliary_decoder(model.scale_heads(p)), pyramid)
     refined = coarse
-    for step in range(model.subdivision_steps):
-        refined = timed(f"subdivision_{step + 1}", lambda r: model.subdivide(r, pyramid[0], coarse)[0], refined)
+    num_points = model.cfg.subdivision_num_points
+    for step in range(model.cfg.subdivision_steps):
+        refined = timed(f"subdivision_{step + 1}", lambda r: model.subdivide(r, pyramid[0], coarse, num_points)[0], refined)
     return times, refined
 
 

@@ -27,9 +27,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pointrend_core.config import IGNORE_INDEX, get_row  # noqa: E402
-from pointrend_core.engine.evaluate import environment, predict  # noqa: E402
-from pointrend_core.engine.train import resolve_device  # noqa: E402
+from pointrend_core.config import get_row  # noqa: E402
+from pointrend_core.engine.distributed import resolve_device  # noqa: E402
+from pointrend_core.engine.evaluate import predict  # noqa: E402
+from pointrend_core.engine.precision import amp_dtype  # noqa: E402
+from pointrend_core.engine.records import environment  # noqa: E402
+from pointrend_core.engine.train import train_step  # noqa: E402
+from pointrend_core.labels import IGNORE_INDEX  # noqa: E402
 from pointrend_core.model import build_model  # noqa: E402
 
 
@@ -91,12 +95,6 @@ def blob_targets(batch: int, height: int, width: int, num_classes: int, generato
     return targets
 
 
-def autocast(device: torch.device, amp: str):
-    if amp == "none":
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
 def benchmark_training(model, row, device, args) -> dict:
     schedule = row.schedule
     optimizer = torch.optim.SGD(model.parameters(), lr=schedule.lr, momentum=schedule.momentum,
@@ -113,23 +111,14 @@ def benchmark_training(model, row, device, args) -> dict:
     times = []
     for step in range(args.warmup + args.iters):
         begin = time.perf_counter()
-        with autocast(device, args.amp):
-            losses = model(images, targets)
-        total = sum(losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(total).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            total.backward()
-            optimizer.step()
+        # The trainer's own step (lr set, forward under autocast, NaN check, backward, SGD step).
+        losses, _ = train_step(model, optimizer, scaler, images, targets, schedule.lr, amp=args.amp)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if step >= args.warmup:
             times.append(time.perf_counter() - begin)
         print(f"  train step {step + 1}/{args.warmup + args.iters}: {time.perf_counter() - begin:.2f} s, "
-              f"loss {float(total.detach()):.3f}", file=sys.stderr)
+              f"loss {sum(losses.values()):.3f}", file=sys.stderr)
     seconds = sum(times) / len(times)
     peak = phase_peak_mib(device)
     del optimizer
@@ -144,13 +133,12 @@ def benchmark_evaluation(model, row, device, args) -> dict:
     image = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(1)).to(device)
     if args.channels_last:
         image = image.contiguous(memory_format=torch.channels_last)
-    amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     model.eval()
     start_phase(device)
     times = []
     for step in range(args.warmup + args.eval_images):
         begin = time.perf_counter()
-        refined, _ = predict(model, image, (height, width), row.eval, amp_dtype=amp_dtype)
+        refined, _ = predict(model, image, (height, width), row.eval, amp_dtype=amp_dtype(args.amp))
         refined.argmax(1)
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -4,20 +4,34 @@
     model = build_model("pointrend_r50_voc")
     load_checkpoint(model, "pointrend_resnet50os32_voc.pth")
     out = model.eval()(images)      # out.logits (B, C, H, W), out.coarse_logits (B, C, H/4, W/4)
+
+The layers, bottom to top (each imports only those before it): `labels`, `files` -> `data` -> `config` ->
+`model`, `checkpoints` -> `engine` -> `workbook`. docs/architecture.md draws the data flow.
 """
 
-from pointrend_core.checkpoints import load_checkpoint, save_checkpoint
-from pointrend_core.config import ROWS, RowConfig, get_row
-from pointrend_core.model import PointRend, PointRendOutput, build_model, fuse_for_inference
+from __future__ import annotations
 
-__all__ = [
-    "ROWS",
-    "RowConfig",
-    "get_row",
-    "build_model",
-    "load_checkpoint",
-    "save_checkpoint",
-    "PointRend",
-    "PointRendOutput",
-    "fuse_for_inference",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ROWS": "pointrend_core.config",
+    "RowConfig": "pointrend_core.config",
+    "get_row": "pointrend_core.config",
+    "build_model": "pointrend_core.model",
+    "PointRend": "pointrend_core.model",
+    "PointRendOutput": "pointrend_core.model",
+    "fuse_for_inference": "pointrend_core.model",
+    "load_checkpoint": "pointrend_core.checkpoints",
+    "save_checkpoint": "pointrend_core.checkpoints",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use, so that `import pointrend_core.labels` (or the CLI's --help) does not load
+    # torch, torchvision and PIL through this file.
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pointrend_core' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

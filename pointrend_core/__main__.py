@@ -1,14 +1,15 @@
-"""Command line: `python -m pointrend_core train | evaluate | check-data | make-demo-data ...`.
+"""Command line: `python -m pointrend_core train | evaluate | check-data | prepare-voc-aug | make-demo-data ...`.
 
     python -m pointrend_core train --config pointrend_r50_voc --data-root data/VOCdevkit/VOC2012 \\
         --pretrained-backbone resnet50_v1c-2cccc1ad.pth --out runs/r50_voc [--resume]
     torchrun --nproc_per_node=8 -m pointrend_core train --config pointrend_r50_voc ...
     python -m pointrend_core evaluate --config pointrend_r50_voc --checkpoint pointrend_resnet50os32_voc.pth
     python -m pointrend_core check-data --dataset voc --root data/VOCdevkit/VOC2012
+    python -m pointrend_core prepare-voc-aug --voc VOCdevkit/VOC2012 --sbd benchmark_RELEASE/dataset
     python -m pointrend_core make-demo-data --out data/demo
 
 Each subcommand is a thin call of the library function of the same job (`engine.train.train`,
-`engine.evaluate.evaluate_run`, `data.validate.check_dataset`, `data.demo.make_demo_dataset`); the notebooks
+`engine.evaluate.evaluate_run`, `data.validate.check_dataset`, `data.voc_aug.prepare_voc_aug`, `data.demo.make_demo_dataset`); the notebooks
 call the same functions. Exit codes: 0 success, 1 failure (message on stderr; check-data: problems found),
 2 bad arguments, 143 stopped by SIGTERM (resume with --resume).
 """
@@ -16,13 +17,26 @@ call the same functions. Exit codes: 0 success, 1 failure (message on stderr; ch
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from pointrend_core.config import RowConfig, get_row
+from pointrend_core.config import RowConfig, default_run_dir, get_row
+from pointrend_core.data.datasets import (
+    ADE20kSegmentation,
+    CityscapesSegmentation,
+    FolderSegmentation,
+    SegmentationDataset,
+    VOCSegmentation,
+)
+from pointrend_core.data.demo import make_demo_dataset
+from pointrend_core.data.validate import check_dataset
+from pointrend_core.data.voc_aug import prepare_voc_aug
+from pointrend_core.engine.distributed import launched_rank, start_processes, stop_processes
+from pointrend_core.engine.evaluate import evaluate_run
+from pointrend_core.engine.records import RUN_FILE
+from pointrend_core.engine.train import NonFiniteLossError, TrainingInterrupted, TrainOptions, train
 
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM, the shell convention
 
@@ -81,9 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     check = commands.add_parser("check-data", help="report every problem of a dataset folder")
-    check.add_argument("--dataset", required=True, choices=tuple(_DATASETS), help="layout of the folder")
+    check.add_argument("--dataset", required=True, choices=tuple(DATASETS), help="layout of the folder")
     check.add_argument("--root", required=True, type=Path, help="dataset root (as the dataset class takes it)")
     check.add_argument("--split", help="split to check (default: every split on disk)")
+
+    voc_aug = commands.add_parser("prepare-voc-aug", help="build VOC's trainaug split from the VOC2012 and SBD downloads")
+    voc_aug.add_argument("--voc", required=True, type=Path, help="the VOC2012 folder (VOCdevkit/VOC2012)")
+    voc_aug.add_argument("--sbd", required=True, type=Path, help="SBD's dataset folder (benchmark_RELEASE/dataset)")
+    voc_aug.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     demo = commands.add_parser("make-demo-data", help="write the embedded procedural demo dataset")
     demo.add_argument("--out", required=True, type=Path, help="folder to create")
@@ -97,19 +116,11 @@ def _row_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", type=Path, help="dataset root (default: the row's default_root)")
 
 
-def _dataset_classes() -> dict[str, type]:
-    from pointrend_core.data.datasets import (
-        ADE20kSegmentation,
-        CityscapesSegmentation,
-        FolderSegmentation,
-        VOCSegmentation,
-    )
-
-    return {"voc": VOCSegmentation, "ade20k": ADE20kSegmentation, "cityscapes": CityscapesSegmentation,
-            "folder": FolderSegmentation}
-
-
-_DATASETS = ("voc", "ade20k", "cityscapes", "folder")
+DATASETS: dict[str, type[SegmentationDataset]] = {
+    "voc": VOCSegmentation, "ade20k": ADE20kSegmentation, "cityscapes": CityscapesSegmentation,
+    "folder": FolderSegmentation,
+}
+"""The on-disk layouts the CLI reads, by the name `--dataset` takes."""
 
 
 def resolve_row(parser: argparse.ArgumentParser, args: argparse.Namespace) -> RowConfig:
@@ -125,13 +136,7 @@ def resolve_row(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Ro
     return row
 
 
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def run_train(row: RowConfig, args: argparse.Namespace) -> int:
-    from pointrend_core.engine.train import TrainingInterrupted, TrainOptions, train
-
     options = TrainOptions(
         max_iters=args.max_iters,
         checkpoint_every=args.checkpoint_every,
@@ -148,43 +153,35 @@ def run_train(row: RowConfig, args: argparse.Namespace) -> int:
         eval_max_images=args.eval_max_images,
         progress=not args.no_progress,
     )
-    out = args.out or Path("runs") / row.name
+    out = args.out or default_run_dir(row)
     try:
         final = train(row, args.data_root, out, options)
     except TrainingInterrupted as stopped:
         print(f"stopped: {stopped}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    if _is_main_process():
+    if launched_rank() == 0:
         print(f"final checkpoint: {final}")
     return 0
 
 
 def run_evaluate(row: RowConfig, args: argparse.Namespace) -> int:
-    import torch.distributed as dist
-
-    from pointrend_core.engine.evaluate import evaluate_run
-    from pointrend_core.engine.train import start_processes
-
     processes = start_processes(args.device)
     out = args.out or args.checkpoint.parent
     try:
         record = evaluate_run(row, args.checkpoint, args.data_root, out, device=processes.device, split=args.split,
                               max_images=args.max_images, progress=not args.no_progress)
     finally:
-        if processes.world_size > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+        stop_processes(processes)
     if processes.is_main:
-        refined, coarse = record["metrics"]["refined"], record["metrics"]["coarse"]
-        print(f"{row.name}: mIoU {refined['mIoU']:.2f} (coarse {coarse['mIoU']:.2f}), "
-              f"boundary mIoU {refined['boundary_mIoU']:.2f} (coarse {coarse['boundary_mIoU']:.2f}) "
-              f"on {record['data']['num_images']} images; {Path(out) / 'run.json'}")
+        refined, coarse = record.metrics.refined, record.metrics.coarse
+        print(f"{row.name}: mIoU {refined.mIoU:.2f} (coarse {coarse.mIoU:.2f}), "
+              f"boundary mIoU {refined.boundary_mIoU:.2f} (coarse {coarse.boundary_mIoU:.2f}) "
+              f"on {record.data.num_images} images; {Path(out) / RUN_FILE}")
     return 0
 
 
 def run_check_data(args: argparse.Namespace) -> int:
-    from pointrend_core.data.validate import check_dataset
-
-    dataset_cls = _dataset_classes()[args.dataset]
+    dataset_cls = DATASETS[args.dataset]
     problems = check_dataset(dataset_cls, args.root, args.split)
     if problems:
         for problem in problems:
@@ -197,9 +194,12 @@ def run_check_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_make_demo_data(args: argparse.Namespace) -> int:
-    from pointrend_core.data.demo import make_demo_dataset
+def run_prepare_voc_aug(args: argparse.Namespace) -> int:
+    print(prepare_voc_aug(args.voc, args.sbd, progress=not args.no_progress).describe())
+    return 0
 
+
+def run_make_demo_data(args: argparse.Namespace) -> int:
     kwargs = {"seed": args.seed} if args.num_images is None else {"num_images": args.num_images, "seed": args.seed}
     root = make_demo_dataset(args.out, **kwargs)
     print(f"demo dataset written to {root}")
@@ -208,8 +208,6 @@ def run_make_demo_data(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse `argv` (default sys.argv[1:]) and run the subcommand; returns the exit code."""
-    from pointrend_core.engine.train import NonFiniteLossError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -219,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_evaluate(resolve_row(parser, args), args)
         if args.command == "check-data":
             return run_check_data(args)
+        if args.command == "prepare-voc-aug":
+            return run_prepare_voc_aug(args)
         return run_make_demo_data(args)
     except (ValueError, OSError, NonFiniteLossError) as error:
         # These errors already name the file or value and what was expected; other exceptions keep their

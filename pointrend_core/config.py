@@ -8,16 +8,18 @@ recipe (`DataConfig`), the optimisation schedule (`ScheduleConfig`) and the eval
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Literal
 
 from pointrend_core.data.datasets import (
     ADE20kSegmentation,
     CityscapesSegmentation,
+    DemoShapes,
     SegmentationDataset,
     VOCSegmentation,
 )
-from pointrend_core.data.demo import DemoShapes
 from pointrend_core.labels import IGNORE_INDEX  # re-exported: the one ignore label (see labels.py)
 
 
@@ -59,6 +61,10 @@ class DataConfig:
     scale_range: tuple[float, float] = (0.5, 2.0)
     cat_max_ratio: float = 0.75
     """A training crop is retried (up to 10 times) while one class covers this fraction of it or more."""
+
+    def resolve_root(self, data_root: str | os.PathLike | None) -> Path:
+        """`data_root`, or `default_root` when it is None: the one place where the default applies."""
+        return Path(data_root if data_root is not None else self.default_root)
 
 
 @dataclass(frozen=True)
@@ -206,6 +212,15 @@ ROWS: dict[str, RowConfig] = {
 """The six model-zoo rows plus `demo`, by name."""
 
 
+RUNS_DIR = Path("runs")
+"""Where runs go unless told otherwise: one folder per run, `runs/<run name>`."""
+
+
+def default_run_dir(row: RowConfig) -> Path:
+    """`runs/<row name>`, the folder of a row's run when none is given."""
+    return RUNS_DIR / row.name
+
+
 def get_row(name: str) -> RowConfig:
     """The row called `name`; the error lists the valid names."""
     try:
@@ -224,5 +239,7 @@ __all__ = [
     "ROWS",
     "DEMO",
     "get_row",
+    "RUNS_DIR",
+    "default_run_dir",
     "replace",
 ]

@@ -24,7 +24,7 @@ import sys
 import torch
 import torch.distributed as dist
 from torch import nn
-from pointrend_core.engine.train import CPUSyncBatchNorm, convert_sync_batchnorm, start_processes
+from pointrend_core.engine.distributed import CPUSyncBatchNorm, convert_sync_batchnorm, start_processes
 
 processes = start_processes("cpu")
 rank = processes.rank

@@ -5,8 +5,6 @@ from __future__ import annotations
 import datetime
 import json
 import math
-import sys
-import types
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pointrend_core.config import IGNORE_INDEX, DataConfig, EvalConfig, ModelConfig, RowConfig, ScheduleConfig
+from pointrend_core.engine import evaluate as evaluate_module
 from pointrend_core.engine.evaluate import evaluate, evaluate_run, predict, slide_windows
 
 pytestmark = pytest.mark.numerics  # float results on this CPU's kernels: CI runs these twice (.ci/run)
@@ -290,11 +289,9 @@ class Oracle4Fake(OracleFake):
 
 @pytest.fixture
 def fake_transforms(monkeypatch: pytest.MonkeyPatch) -> object:
-    """Stands in for pointrend_core.data.transforms (TinyDataset ignores the transform it is given)."""
+    """Stands in for eval_transforms (TinyDataset ignores the transform it is given)."""
     sentinel = object()
-    module = types.ModuleType("pointrend_core.data.transforms")
-    module.eval_transforms = lambda data_cfg: sentinel
-    monkeypatch.setitem(sys.modules, "pointrend_core.data.transforms", module)
+    monkeypatch.setattr(evaluate_module, "eval_transforms", lambda data_cfg: sentinel)
     return sentinel
 
 
@@ -304,9 +301,7 @@ def _no_nan_constant(token: str) -> None:
 
 def test_evaluate_run_writes_run_json(tmp_path: Path, fake_transforms: object, monkeypatch: pytest.MonkeyPatch) -> None:
     loaded: list[tuple[nn.Module, object]] = []
-    checkpoints = types.ModuleType("pointrend_core.checkpoints")
-    checkpoints.load_checkpoint = lambda model, path: loaded.append((model, path)) or {}
-    monkeypatch.setitem(sys.modules, "pointrend_core.checkpoints", checkpoints)
+    monkeypatch.setattr(evaluate_module, "load_checkpoint", lambda model, path: loaded.append((model, path)) or {})
     (tmp_path / "train.json").write_text(json.dumps({"iterations": 12, "wall_seconds": 3.5}))
     model = Oracle4Fake()
     row = _tiny_row()
@@ -316,7 +311,7 @@ def test_evaluate_run_writes_run_json(tmp_path: Path, fake_transforms: object, m
     assert TinyDataset.seen == (tmp_path / "data", "val", fake_transforms)
     assert loaded == [(model, tmp_path / "ckpt.pth")]
     on_disk = json.loads((tmp_path / "run.json").read_text(), parse_constant=_no_nan_constant)
-    assert on_disk == record
+    assert on_disk == record.to_json()
     assert set(on_disk) == {
         "row", "units", "config", "checkpoint", "data", "published_mIoU", "metrics", "gain_refined_minus_coarse",
         "delta_refined_minus_published_mIoU", "timing", "environment", "training",
@@ -339,16 +334,16 @@ def test_evaluate_run_writes_run_json(tmp_path: Path, fake_transforms: object, m
     env = on_disk["environment"]
     assert env["torch"] == torch.__version__ and env["cpu_count"] >= 1 and env["device"] == "cpu"
     assert {"torchvision", "device_name", "cuda_device_name", "date"} <= set(env)
-    assert on_disk["training"] == {"iterations": 12, "wall_seconds": 3.5}
+    assert on_disk["training"]["iterations"] == 12 and on_disk["training"]["wall_seconds"] == 3.5
     assert not list(tmp_path.glob(".run.json.*"))  # no temporary left behind
 
 
 def test_evaluate_run_without_train_json_and_with_bad_one(tmp_path: Path, fake_transforms: object) -> None:
     row = replace(_tiny_row(), published_miou=None)
     record = evaluate_run(row, None, None, tmp_path, model=Oracle4Fake(), max_images=1, progress=False)
-    assert record["training"] is None and record["checkpoint"] is None
-    assert record["delta_refined_minus_published_mIoU"] is None
-    assert record["data"]["root"] == "data/tiny" and record["data"]["num_images"] == 1
+    assert record.training is None and record.checkpoint is None
+    assert record.delta_refined_minus_published_mIoU is None
+    assert record.data.root == "data/tiny" and record.data.num_images == 1
     (tmp_path / "train.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"train\.json: not a valid JSON training summary"):
         evaluate_run(row, None, None, tmp_path, model=Oracle4Fake(), progress=False)

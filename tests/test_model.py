@@ -33,12 +33,8 @@ def test_every_row_gives_refined_and_coarse_logits_of_the_right_shape(row, size)
 
 def test_subdivision_steps_record_what_was_chosen(demo_model):
     model = demo_model.eval()
-    model.subdivision_num_points = 100
-    try:
-        with torch.no_grad():
-            out = model(torch.randn(2, 3, 64, 96), record_steps=True)
-    finally:
-        model.subdivision_num_points = DEMO.model.subdivision_num_points
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 96), subdivision_num_points=100, record_steps=True)
     assert [s.logits.shape[-2:] for s in out.steps] == [(32, 48), (64, 96)]
     last = out.steps[-1]
     assert last.point_indices.shape == (2, 100) and last.point_coords.shape == (2, 100, 2)
@@ -98,6 +94,22 @@ def test_dilated_backbones_keep_resolution(depth, output_stride):
         features = model.backbone_net(torch.randn(1, 3, 64, 64))
     expected = {16: [16, 8, 4, 4], 8: [16, 8, 8, 8]}[output_stride]
     assert [f.shape[-1] for f in features] == expected
+    # Shapes alone would also pass with the strides removed but no dilation added: check the 3x3 convolutions'
+    # dilation block by block. The first block of a dilated stage keeps the previous stage's dilation (mmseg's
+    # contract_dilation): output stride 16 -> stage 4 = 1, 2, 2, ...; output stride 8 -> stage 3 = 1, 2, ...
+    # and stage 4 = 2, 4, 4, ...
+    def dilations(stage: torch.nn.Sequential) -> list[int]:
+        return [block.conv2.dilation[0] for block in stage]
+
+    backbone = model.backbone_net
+    blocks3, blocks4 = len(backbone.layer3), len(backbone.layer4)
+    if output_stride == 16:
+        assert dilations(backbone.layer3) == [1] * blocks3
+        assert dilations(backbone.layer4) == [1] + [2] * (blocks4 - 1)
+    else:
+        assert dilations(backbone.layer3) == [1] + [2] * (blocks3 - 1)
+        assert dilations(backbone.layer4) == [2] + [4] * (blocks4 - 1)
+    assert all(block.conv2.padding == block.conv2.dilation for block in backbone.layer4)  # same size out
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64)).logits.shape == (1, 3, 64, 64)
 
@@ -130,3 +142,32 @@ def test_bn_folding_keeps_outputs(demo_model):
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in fused_model.modules())
     assert torch.allclose(plain.coarse_logits, fused.coarse_logits, rtol=1e-4, atol=1e-4)
     assert torch.allclose(plain.logits, fused.logits, rtol=1e-4, atol=1e-4)
+
+
+def test_r101_has_the_reference_layout_and_torchvision_values():
+    """R-101 (3, 4, 23, 3 Bottleneck blocks): the released checkpoints' entry counts (636 backbone entries, 748 in
+    all, recipe key list), and stages 1-4 compute what torchvision's own ResNet-101 stages compute with the same
+    weights (same block type; only the stem differs: v1c's three 3x3 convolutions)."""
+    import torchvision
+
+    model = PointRend(ModelConfig(num_classes=21, depth=101)).eval()
+    state = model.state_dict()
+    assert len(state) == 748 and sum(key.startswith("backbone_net.") for key in state) == 636
+    assert "backbone_net.layer3.22.conv3.weight" in state and "backbone_net.layer3.23.conv1.weight" not in state
+    backbone = model.backbone_net
+    with torch.no_grad():
+        for m in backbone.modules():  # non-trivial statistics, so that a misplaced BatchNorm shows in the values
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+        reference = torchvision.models.resnet101().eval()
+        stages = {k: v for k, v in backbone.state_dict().items() if k.startswith("layer")}
+        missing, unexpected = reference.load_state_dict(stages, strict=False)
+        assert not unexpected and all(not k.startswith("layer") for k in missing)
+        x = backbone.maxpool(backbone.stem(torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))))
+        ours = backbone.layer4(backbone.layer3(backbone.layer2(backbone.layer1(x))))
+        theirs = reference.layer4(reference.layer3(reference.layer2(reference.layer1(x))))
+        features = backbone(torch.randn(1, 3, 64, 64))
+    assert [f.shape[1:] for f in features] == [(256, 16, 16), (512, 8, 8), (1024, 4, 4), (2048, 2, 2)]
+    # Same kernels in one process on both sides: exact up to float32 summation order.
+    assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-5 * float(theirs.abs().max()))

@@ -1,4 +1,4 @@
-"""reports: the model-zoo table and the index page from synthetic run.json / status.json files."""
+"""workbook tables, status and index: the model-zoo table and the index page from synthetic run.json / status.json files."""
 
 from __future__ import annotations
 
@@ -9,18 +9,16 @@ from pathlib import Path
 import pytest
 
 from pointrend_core.config import ROWS
-from pointrend_core.reports import (
+from pointrend_core.workbook.html import write_index_html
+from pointrend_core.workbook.status import RowStatus, read_status, read_statuses
+from pointrend_core.workbook.tables import (
     NOT_RUN,
     TABLE_COLUMNS,
-    RowStatus,
     collect_runs,
     format_duration,
     per_class_table,
-    read_status,
-    read_statuses,
     results_table,
     run_overview,
-    write_index_html,
 )
 
 

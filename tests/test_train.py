@@ -3,6 +3,7 @@ SIGTERM, NaN handling, bf16 autocast, and the data-order pieces (sampler, per-sa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -23,13 +24,9 @@ from synthetic_trees import write_voc_tree
 from pointrend_core.data.transforms import train_transforms
 from pointrend_core.engine.schedule import poly_lr
 from pointrend_core.engine.progress import read_progress
-from pointrend_core.engine.train import (
-    EpochSampler,
-    NonFiniteLossError,
-    SeededSamples,
-    TrainOptions,
-    train,
-)
+from pointrend_core.data.loading import EpochSampler, SeededSamples
+from pointrend_core.engine.state import Position, TrainState
+from pointrend_core.engine.train import NonFiniteLossError, TrainOptions, train
 from pointrend_core.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,7 +110,10 @@ def test_training_writes_checkpoints_metrics_and_summary(short_run: Path) -> Non
 def test_checkpoint_content_loads_with_weights_only(short_run: Path) -> None:
     state = torch.load(short_run / "checkpoint_last.pth", weights_only=True)
     assert state["iteration"] == 4 and state["epoch"] == 1 and state["batch_in_epoch"] == 1
-    assert state["max_iters"] == 4 and state["iters_per_epoch"] == 3
+    assert state["max_iters"] == 4  # 4 steps of 3 per epoch: epoch 1, batch 1 (above)
+    # The file is exactly TrainState's fields (its one schema), and reads back as one.
+    assert list(state) == [f.name for f in dataclasses.fields(TrainState)]
+    assert TrainState.read(short_run / "checkpoint_last.pth").position == Position(4, 1, 1)
     assert state["row"] == "tiny_voc" and state["sampler_seed"] == 3 and state["world_size"] == 1
     assert state["rng_cpu"][0].dtype == torch.uint8 and state["rng_cuda"] is None
     assert state["options"]["max_iters"] == 4 and state["options"]["checkpoint_every"] == 3
@@ -216,8 +216,9 @@ def test_fp16_on_cpu_and_indivisible_batch_are_refused(voc_root: Path, tmp_path:
 
 _WORKER = """
 import sys
+sys.path.insert(0, "tests")  # the test helpers import each other by module name, as under pytest
 from pointrend_core.engine.train import TrainOptions, TrainingInterrupted, train
-from tests.test_train import TINY
+from test_train import TINY
 root, out, resume = sys.argv[1], sys.argv[2], sys.argv[3] == "resume"
 options = TrainOptions(max_iters=6, checkpoint_every=int(sys.argv[4]), seed=11, device="cpu", workers=0,
                        log_every=1, progress=False, resume=resume)

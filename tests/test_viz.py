@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pointrend_core.config import IGNORE_INDEX
+from pointrend_core.labels import IGNORE_INDEX
 from pointrend_core.model.pointrend import PointRendOutput, SubdivisionStep
 from pointrend_core.model.points import sample_training_points, uncertain_points_on_grid, uncertainty
-from pointrend_core.viz import (
+from pointrend_core.workbook.figures import (
     IGNORE_COLOR,
     OUTPUT_COLORS,
     PredictionSample,

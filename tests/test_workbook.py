@@ -22,8 +22,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from pointrend_core.config import ROWS
-from pointrend_core.reports import NOT_RUN, RowStatus, collect_runs, read_status
-from pointrend_core.workbook import (
+from pointrend_core.workbook.runner import (
     is_finished,
     main,
     parse_data_roots,
@@ -31,6 +30,8 @@ from pointrend_core.workbook import (
     parse_rows,
     run_rows,
 )
+from pointrend_core.workbook.status import RowStatus, read_status
+from pointrend_core.workbook.tables import NOT_RUN, collect_runs
 
 REPO = Path(__file__).resolve().parent.parent
 R50_ROWS = ["pointrend_r50_voc", "pointrend_r50_ade20k", "pointrend_r50_cityscapes"]
@@ -123,7 +124,7 @@ def test_run_rows_records_failures_skips_finished_and_reruns_failed(
 ) -> None:
     runs, reports, data = tmp_path / "runs", tmp_path / "reports", tmp_path / "data"
     generated = []
-    monkeypatch.setattr("pointrend_core.data.demo.make_demo_dataset",
+    monkeypatch.setattr("pointrend_core.workbook.runner.make_demo_dataset",
                         lambda out, **kw: generated.append(Path(out)) or Path(out).mkdir(parents=True))
     statuses = run_rows(
         ["pointrend_r50_voc", "demo"],
@@ -312,7 +313,7 @@ def test_batch_reports_read_as_reports(batch, row: str) -> None:
     html = (reports / f"{row}.html").read_text()
     assert f"<title>{row}: Train and evaluate one table row</title>" in html
     assert '<a href="index.html">' in html  # back to the index
-    assert "launch.train_and_evaluate" not in html and "os.chdir" not in html  # results, not code
+    assert "training.train_and_evaluate" not in html and "os.chdir" not in html  # results, not code
     assert not re.search(r'class="[^"]*jp-CodeMirrorEditor', html)  # no code input is rendered
     assert re.search(r'class="[^"]*jp-RenderedMarkdown', html)  # the explanations are
     params = re.search(r'<table class="pr-params">.*?</table>', html, re.S).group(0)
@@ -347,7 +348,7 @@ def test_notebook_progress_prints_cells_and_training_steps(tmp_path: Path, capsy
     from nbformat.v4 import new_markdown_cell
 
     from pointrend_core.engine.progress import TrainProgress
-    from pointrend_core.workbook import NotebookProgress
+    from pointrend_core.workbook.notebook_progress import NotebookProgress
 
     book = new_notebook(cells=[new_markdown_cell("# Train a row"), new_code_cell("x = 1"),
                                new_markdown_cell("## Evaluate\ntext"), new_code_cell("y = 2")])
@@ -381,14 +382,14 @@ def test_train_progress_reads_back_and_tolerates_a_missing_or_bad_file(tmp_path:
 
 
 def test_subdivision_sweep_defaults_include_the_rows_own_setting() -> None:
-    from pointrend_core import analysis
+    from pointrend_core.workbook import analysis
 
     assert analysis.default_sweep(ROWS["demo"].model) == ([0, 1, 2], [1024, 2048, 4096])
     assert analysis.default_sweep(ROWS["pointrend_r50_voc"].model) == ([0, 1, 2], [2049, 4098, 8196])
 
 
 def test_runs_display_is_readable_without_nan(tmp_path: Path) -> None:
-    from pointrend_core.reports import RUNS_DISPLAY_COLUMNS, runs_display
+    from pointrend_core.workbook.tables import RUNS_DISPLAY_COLUMNS, runs_display
 
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "run.json").write_text(json.dumps(
@@ -403,25 +404,25 @@ def test_runs_display_is_readable_without_nan(tmp_path: Path) -> None:
 
 
 def test_configure_row_overrides() -> None:
-    from pointrend_core import launch
+    from pointrend_core.workbook import training
 
-    row = launch.configure_row("pointrend_r50_cityscapes", crop_size=[64, 128], base_size=(128, 64), batch_size=2)
+    row = training.configure_row("pointrend_r50_cityscapes", crop_size=[64, 128], base_size=(128, 64), batch_size=2)
     assert row.data.crop_size == (64, 128) and row.data.base_size == (128, 64) and row.schedule.batch_size == 2
     assert row.model == ROWS["pointrend_r50_cityscapes"].model
-    assert launch.configure_row("demo") == ROWS["demo"]
+    assert training.configure_row("demo") == ROWS["demo"]
     with pytest.raises(ValueError, match="crop_size must be two positive integers, got \\[64\\]"):
-        launch.configure_row("demo", crop_size=[64])
+        training.configure_row("demo", crop_size=[64])
     with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
-        launch.configure_row("demo", batch_size=0)
+        training.configure_row("demo", batch_size=0)
 
 
 def test_distributed_command() -> None:
     import sys
 
-    from pointrend_core import launch
+    from pointrend_core.workbook import training
 
-    row = launch.configure_row("pointrend_r50_voc", crop_size=(256, 256), batch_size=8)
-    command = launch.distributed_command(row, "/data/voc", "/runs/r50", 4, max_iters=10, seed=3, device="cuda")
+    row = training.configure_row("pointrend_r50_voc", crop_size=(256, 256), batch_size=8)
+    command = training.distributed_command(row, "/data/voc", "/runs/r50", 4, max_iters=10, seed=3, device="cuda")
     assert command[:6] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m"]
     assert command[6:] == [
         "pointrend_core", "train", "--config", "pointrend_r50_voc", "--out-dir", "/runs/r50", "--seed", "3",
@@ -433,28 +434,38 @@ def test_distributed_command() -> None:
     args = build_parser().parse_args(command[command.index("train"):])  # the CLI accepts every flag
     assert args.crop == [256, 256] and args.batch_size == 8 and args.max_iters == 10
     with pytest.raises(ValueError, match="overrides the training CLI cannot take"):
-        launch.distributed_command(launch.configure_row("demo", base_size=(64, 64)), None, "/r", 2,
+        training.distributed_command(training.configure_row("demo", base_size=(64, 64)), None, "/r", 2,
                                    max_iters=None, seed=0, device="cpu")
 
 
 def test_project_dir(tmp_path: Path) -> None:
-    from pointrend_core import launch
+    from pointrend_core.workbook import training
 
-    assert launch.project_dir(REPO / "notebooks") == REPO
-    assert launch.project_dir(tmp_path) == tmp_path.resolve()
+    assert training.project_dir(REPO / "notebooks") == REPO
+    assert training.project_dir(tmp_path) == tmp_path.resolve()
 
 
-def test_subdivision_sweep_restores_the_model(trees) -> None:
-    from pointrend_core import analysis, launch
-    from pointrend_core.model import build_model
+def test_subdivision_sweep_evaluates_each_setting_and_leaves_the_model_alone(trees) -> None:
+    import torch
 
-    row = launch.configure_row("demo", base_size=(48, 48))
+    from pointrend_core.engine.evaluate import evaluate
+    from pointrend_core.model import Subdivision, build_model
+    from pointrend_core.workbook import analysis, training
+
+    row = training.configure_row("demo", base_size=(48, 48))
     model = build_model(row).eval()
     dataset = analysis.eval_dataset(row, trees["demo"])
+    image = dataset[0][0][None]
+    with torch.no_grad():
+        before = model(image).logits
     sweep = analysis.subdivision_sweep(model, dataset, row.eval, [0, 2, 1], [64, 16], max_images=1)
     assert list(zip(sweep["steps"], sweep["points"])) == [(0, 0), (1, 16), (1, 64), (2, 16), (2, 64)]
     assert (sweep["images"] == 1).all() and sweep["mIoU"].between(0, 100).all()
-    assert (model.subdivision_steps, model.subdivision_num_points) == (2, row.model.subdivision_num_points)
+    direct = evaluate(model, dataset, row.eval, "cpu", model.num_classes, progress=False, max_images=1,
+                      subdivision=Subdivision(1, 16))
+    assert sweep.set_index(["steps", "points"]).loc[(1, 16), "mIoU"] == 100 * direct.refined.mIoU
+    with torch.no_grad():
+        assert torch.equal(model(image).logits, before)  # the row's own settings, as before the sweep
     with pytest.raises(ValueError, match="steps >= 0 and points >= 1"):
         analysis.subdivision_sweep(model, dataset, row.eval, [1], [0])
 
@@ -473,7 +484,7 @@ def test_notebooks_are_stored_clean(name: str) -> None:
 def test_run_streaming_echoes_and_reports_failures(capsys) -> None:
     import sys
 
-    from pointrend_core.launch import run_streaming
+    from pointrend_core.workbook.training import run_streaming
 
     run_streaming([sys.executable, "-c", "print('one'); print('two')"])
     assert capsys.readouterr().out == "one\ntwo\n"

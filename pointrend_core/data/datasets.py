@@ -21,118 +21,19 @@ the constructor; a missing, unreadable or mismatched file, or an unknown label v
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from PIL import Image as PILImage
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
-from torchvision.io import ImageReadMode, decode_image
 
+from pointrend_core.data.image_io import apply_label_lut, bitwise_palette, label_lut, read_image, read_label_png
 from pointrend_core.labels import IGNORE_INDEX
 
 Transforms = Callable[[tv_tensors.Image, tv_tensors.Mask], Any]
-
-
-# --------------------------------------------------------------------------------------------------------
-# Reading files
-
-
-def read_image(path: str | Path) -> torch.Tensor:
-    """Decode an image file into uint8 (3, H, W) RGB.
-
-    torchvision's decoder is used first because it is about 2.5x faster than PIL on JPEG (the loader's hot
-    path); it is deprecated from torchvision 0.29 on, so its warning is silenced here and PIL is the fallback
-    for formats or builds it does not handle. Raises FileNotFoundError for a missing file and ValueError
-    naming the file for a corrupt or truncated one.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file {path} does not exist")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return decode_image(str(path), mode=ImageReadMode.RGB)
-    except (RuntimeError, ValueError):
-        pass
-    try:
-        with PILImage.open(path) as im:
-            rgb = np.array(im.convert("RGB"))
-    except (OSError, ValueError, SyntaxError) as e:
-        raise ValueError(f"cannot decode image {path} ({e}); expected a complete JPEG or PNG file") from None
-    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
-
-
-def read_label_png(path: str | Path) -> np.ndarray:
-    """Read a label PNG as uint8 (H, W) raw values (palette indices for 'P' mode, grey levels for 'L').
-
-    Raises FileNotFoundError for a missing file and ValueError naming the file for an unreadable file or a
-    mode other than 'L'/'P' (e.g. an RGB colour-coded mask, a common mistake).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"mask file {path} does not exist")
-    try:
-        with PILImage.open(path) as im:
-            mode = im.mode
-            raw = np.array(im) if mode in ("L", "P") else None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"cannot decode mask {path} ({e}); expected a complete 8-bit PNG file") from None
-    if raw is None:
-        raise ValueError(
-            f"mask {path} has PIL mode {mode!r}; expected a single-channel 8-bit PNG (mode 'L') or a "
-            "palette PNG (mode 'P') holding class indices"
-        )
-    return raw
-
-
-# --------------------------------------------------------------------------------------------------------
-# Labels and palettes
-
-
-def label_lut(mapping: Mapping[int, int], void: Iterable[int]) -> np.ndarray:
-    """Lookup table int16 (256,) from raw mask value to train id: `mapping` values, IGNORE_INDEX for `void`,
-    -1 for values that are neither (an error when they occur)."""
-    lut = np.full(256, -1, dtype=np.int16)
-    for raw, train_id in mapping.items():
-        lut[raw] = train_id
-    for raw in void:
-        lut[raw] = IGNORE_INDEX
-    return lut
-
-
-def apply_label_lut(raw: np.ndarray, lut: np.ndarray, path: Path, expected: str) -> np.ndarray:
-    """Map raw uint8 (H, W) mask values through `lut` (see `label_lut`) -> uint8 (H, W).
-
-    Raises ValueError naming `path`, the offending values with their pixel counts, and `expected`.
-    """
-    counts = np.bincount(raw.ravel(), minlength=256)
-    present = np.flatnonzero(counts)
-    bad = present[lut[present] < 0]
-    if bad.size:
-        found = ", ".join(f"{v} ({counts[v]} px)" for v in bad[:10]) + (" ..." if bad.size > 10 else "")
-        raise ValueError(f"mask {path} contains label values {found} that are {expected}")
-    if np.array_equal(lut[present], present):
-        return raw  # the values present are their own train ids: skip a full gather pass
-    return lut.astype(np.uint8)[raw]
-
-
-def bitwise_palette(n: int, start: int = 0) -> np.ndarray:
-    """The PASCAL VOC colour map for indices start..start+n-1 -> uint8 (n, 3).
-
-    Index bits are spread over the high bits of R, G, B (bit 0 -> R, 1 -> G, 2 -> B, then the next three
-    one bit lower, ...): 0 is black, 1 is (128, 0, 0), 255 is (224, 224, 192).
-    """
-    idx = np.arange(start, start + n)
-    rgb = np.zeros((n, 3), dtype=np.int64)
-    for level in range(8):
-        for channel in range(3):
-            rgb[:, channel] |= ((idx >> (3 * level + channel)) & 1) << (7 - level)
-    return rgb.astype(np.uint8)
 
 
 VOC_CLASSES = (
@@ -325,6 +226,7 @@ class VOCSegmentation(SegmentationDataset):
         "ImageSets/Segmentation/<split>.txt"
     )
     IMAGE_EXT: ClassVar[str] = ".jpg"
+    _identity_lut: tuple[np.ndarray, str] | None = None
 
     @classmethod
     def splits_on_disk(cls, root: str | Path) -> list[str]:
@@ -364,10 +266,30 @@ class VOCSegmentation(SegmentationDataset):
         return self._mask_dir / f"{self.ids[i]}.png"
 
     def _label_lut(self, mask_path: Path) -> tuple[np.ndarray, str]:
-        k = self.num_classes
-        return label_lut({c: c for c in range(k)}, void=[IGNORE_INDEX]), (
-            f"neither a class index 0..{k - 1} nor the void value 255"
-        )
+        if self._identity_lut is None:  # the same table for every mask: build it once
+            k = self.num_classes
+            self._identity_lut = label_lut({c: c for c in range(k)}, void=[IGNORE_INDEX]), (
+                f"neither a class index 0..{k - 1} nor the void value 255"
+            )
+        return self._identity_lut
+
+
+# --------------------------------------------------------------------------------------------------------
+# The embedded demo data (rendered by `data.demo.make_demo_dataset`)
+
+DEMO_CLASSES = ("background", "disc", "ring", "star", "bar", "leaf")
+
+DEMO_PALETTE = np.array(
+    [(0, 0, 0), (220, 40, 40), (240, 200, 30), (150, 60, 220), (30, 170, 220), (40, 170, 60)], dtype=np.uint8
+)
+"""Colours for figures (class order); they echo the hue of each class in the images."""
+
+
+class DemoShapes(VOCSegmentation):
+    """The generated demo dataset (VOC layout, see `data.demo.make_demo_dataset`); splits `train` and `val`."""
+
+    CLASSES: ClassVar[tuple[str, ...]] = DEMO_CLASSES
+    PALETTE: ClassVar[np.ndarray] = DEMO_PALETTE
 
 
 # --------------------------------------------------------------------------------------------------------

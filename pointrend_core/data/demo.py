@@ -28,20 +28,12 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 from PIL import Image
 
-from pointrend_core.data.datasets import VOCSegmentation
+from pointrend_core.data.datasets import DEMO_CLASSES, DEMO_PALETTE, DemoShapes
 from pointrend_core.labels import IGNORE_INDEX
-
-DEMO_CLASSES = ("background", "disc", "ring", "star", "bar", "leaf")
-
-DEMO_PALETTE = np.array(
-    [(0, 0, 0), (220, 40, 40), (240, 200, 30), (150, 60, 220), (30, 170, 220), (40, 170, 60)], dtype=np.uint8
-)
-"""Colours for figures (class order); they echo the hue of each class in the images."""
 
 CLASS_HUES = {1: 0.0, 2: 55.0, 3: 280.0, 4: 195.0, 5: 125.0}
 """Hue centre in degrees per object class: at least 55 degrees apart, so a class stays recognisable after the
@@ -60,13 +52,6 @@ FORMAT_VERSION = 4
 Array = np.ndarray
 _OBJECT_CLASSES = np.array(sorted(OBJECT_CLASS_WEIGHTS))
 _OBJECT_PROBABILITIES = np.array([OBJECT_CLASS_WEIGHTS[c] for c in _OBJECT_CLASSES]) / sum(OBJECT_CLASS_WEIGHTS.values())
-
-
-class DemoShapes(VOCSegmentation):
-    """The generated demo dataset (VOC layout, see `make_demo_dataset`); splits `train` and `val`."""
-
-    CLASSES: ClassVar[tuple[str, ...]] = DEMO_CLASSES
-    PALETTE: ClassVar[np.ndarray] = DEMO_PALETTE
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -13,17 +13,10 @@ Units: `EvalResult` and `SegmentationMetrics` hold fractions in [0, 1]; `run.jso
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
-import json
-import math
-import os
-import platform
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -32,18 +25,25 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from pointrend_core.config import EvalConfig, IGNORE_INDEX, RowConfig
-from pointrend_core.engine.metrics import (
-    BoundaryIoU,
-    BoundaryMetrics,
-    ConfusionMatrix,
-    SegmentationMetrics,
-    all_reduce_,
+from pointrend_core.checkpoints import load_checkpoint
+from pointrend_core.config import EvalConfig, RowConfig
+from pointrend_core.data.transforms import eval_transforms
+from pointrend_core.engine.distributed import all_reduce_, rank_and_world_size
+from pointrend_core.engine.metrics import BoundaryIoU, BoundaryMetrics, ConfusionMatrix, SegmentationMetrics
+from pointrend_core.engine.records import (
+    RUN_FILE,
+    TRAIN_FILE,
+    DataRecord,
+    Metrics,
+    OutputMetrics,
+    RunRecord,
+    TimingRecord,
+    TrainRecord,
+    config_json,
+    environment,
 )
-from pointrend_core.files import atomic_write_json
-
-RUN_FILE = "run.json"
-TRAIN_FILE = "train.json"
+from pointrend_core.labels import IGNORE_INDEX
+from pointrend_core.model import Subdivision, build_model
 
 
 # --------------------------------------------------------------------------------------------------
@@ -89,10 +89,15 @@ def _scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
     return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
-def _forward(model: nn.Module, image: Tensor, amp_dtype: torch.dtype | None) -> tuple[Tensor, Tensor]:
+def _forward(
+    model: nn.Module, image: Tensor, amp_dtype: torch.dtype | None, subdivision: Subdivision | None
+) -> tuple[Tensor, Tensor]:
     """Model outputs for (1, 3, h, w): refined and coarse logits at the model's own resolutions, float32."""
     with torch.autocast(device_type=image.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        out = model(image)
+        if subdivision is None:
+            out = model(image)
+        else:
+            out = model(image, subdivision_steps=subdivision.steps, subdivision_num_points=subdivision.num_points)
     try:
         refined, coarse = out.logits, out.coarse_logits
     except AttributeError:
@@ -104,7 +109,7 @@ def _forward(model: nn.Module, image: Tensor, amp_dtype: torch.dtype | None) -> 
 
 
 def _forward_slide(
-    model: nn.Module, image: Tensor, cfg: EvalConfig, amp_dtype: torch.dtype | None
+    model: nn.Module, image: Tensor, cfg: EvalConfig, amp_dtype: torch.dtype | None, subdivision: Subdivision | None
 ) -> tuple[Tensor, Tensor]:
     """Sliding-window logits (1, C, h, w) for both outputs: each window's outputs are resized to the window,
     summed into place, and divided by how many windows cover each pixel."""
@@ -116,7 +121,7 @@ def _forward_slide(
     refined_sum = coarse_sum = None
     count = image.new_zeros(1, 1, height, width)
     for y0, y1, x0, x1 in slide_windows((height, width), cfg.slide_crop, cfg.slide_stride):
-        refined, coarse = _forward(model, image[..., y0:y1, x0:x1], amp_dtype)
+        refined, coarse = _forward(model, image[..., y0:y1, x0:x1], amp_dtype, subdivision)
         if refined_sum is None:
             refined_sum = refined.new_zeros(1, refined.shape[1], height, width)
             coarse_sum = coarse.new_zeros(1, coarse.shape[1], height, width)
@@ -133,6 +138,7 @@ def predict(
     out_size: Sequence[int],
     eval_cfg: EvalConfig,
     amp_dtype: torch.dtype | None = None,
+    subdivision: Subdivision | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Refined and coarse logits (1, C, H, W) for one normalised image (1, 3, H', W'), at `out_size` (H, W).
 
@@ -142,6 +148,7 @@ def predict(
     `slide_stride`, averaged where they overlap). Each pass's refined and coarse logits are resized
     bilinearly straight to (H, W) and the passes are averaged as LOGITS, not probabilities: the reference's
     `use_probs_before_resize` is False, and with its defaults (one scale, no flip) the two agree anyway.
+    `subdivision` (a PointRend model only) overrides the model's inference steps and points per step.
     `model` must already be in eval mode and on the image's device.
     """
     if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] != 3 or not image.is_floating_point():
@@ -161,9 +168,9 @@ def predict(
         for flip in (False, True) if eval_cfg.flip else (False,):
             x = scaled.flip(-1) if flip else scaled
             if eval_cfg.mode == "slide":
-                refined, coarse = _forward_slide(model, x, eval_cfg, amp_dtype)
+                refined, coarse = _forward_slide(model, x, eval_cfg, amp_dtype, subdivision)
             else:
-                refined, coarse = _forward(model, x, amp_dtype)
+                refined, coarse = _forward(model, x, amp_dtype, subdivision)
             if flip:
                 refined, coarse = refined.flip(-1), coarse.flip(-1)
             refined, coarse = _resize(refined, out_size), _resize(coarse, out_size)
@@ -194,12 +201,6 @@ class EvalResult:
     images_per_second: float
 
 
-def _dist_rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _check_item(index: int, image: Tensor, mask: Tensor) -> None:
     if not (isinstance(image, Tensor) and image.dim() == 3 and image.shape[0] == 3 and image.is_floating_point()):
         raise ValueError(
@@ -225,6 +226,7 @@ def evaluate(
     max_images: int | None = None,
     workers: int = 0,
     ignore_index: int = IGNORE_INDEX,
+    subdivision: Subdivision | None = None,
 ) -> EvalResult:
     """Evaluate `model` (already on `device`) on the first `max_images` items of `dataset` (all if None).
 
@@ -234,7 +236,7 @@ def evaluate(
     dataset-level result. The model is put in eval mode and restored to its previous mode afterwards.
     """
     device = torch.device(device)
-    rank, world = _dist_rank_world()
+    rank, world = rank_and_world_size()
     total = len(dataset) if max_images is None else min(len(dataset), max_images)
     indices = list(range(rank, total, world))
     loader = DataLoader(Subset(dataset, indices), batch_size=None, shuffle=False, num_workers=workers)
@@ -254,7 +256,7 @@ def evaluate(
             _check_item(indices[position], image, mask)
             image = image.to(device, non_blocking=True)[None]
             mask = mask.to(device)
-            refined, coarse = predict(model, image, mask.shape, eval_cfg, amp_dtype)
+            refined, coarse = predict(model, image, mask.shape, eval_cfg, amp_dtype, subdivision)
             for name, logits in (("refined", refined), ("coarse", coarse)):
                 pred = logits.argmax(dim=1)[0]
                 confusion, boundary = meters[name]
@@ -285,81 +287,30 @@ def evaluate(
 # One run -> run.json
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN / inf -> None (JSON null) recursively; tuples -> lists."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _percent(value: float) -> float:
     return 100.0 * value
 
 
-def _metrics_json(metrics: SegmentationMetrics, boundary: BoundaryMetrics, classes: Sequence[str]) -> dict[str, Any]:
+def _output_metrics(metrics: SegmentationMetrics, boundary: BoundaryMetrics, classes: Sequence[str]) -> OutputMetrics:
     """One output's metrics in percent, per-class values keyed by class name."""
-    return {
-        "mIoU": _percent(metrics.mIoU),
-        "aAcc": _percent(metrics.aAcc),
-        "mAcc": _percent(metrics.mAcc),
-        "IoU": {name: _percent(v) for name, v in zip(classes, metrics.iou)},
-        "Acc": {name: _percent(v) for name, v in zip(classes, metrics.acc)},
-        "boundary_mIoU": _percent(boundary.mIoU),
-        "boundary_IoU": {name: _percent(v) for name, v in zip(classes, boundary.iou)},
-    }
+    return OutputMetrics(
+        mIoU=_percent(metrics.mIoU),
+        aAcc=_percent(metrics.aAcc),
+        mAcc=_percent(metrics.mAcc),
+        IoU={name: _percent(v) for name, v in zip(classes, metrics.iou)},
+        Acc={name: _percent(v) for name, v in zip(classes, metrics.acc)},
+        boundary_mIoU=_percent(boundary.mIoU),
+        boundary_IoU={name: _percent(v) for name, v in zip(classes, boundary.iou)},
+    )
 
 
-def config_json(row: RowConfig) -> dict[str, Any]:
-    """`dataclasses.asdict(row)` with the dataset class replaced by its name (JSON-serialisable)."""
-    config = dataclasses.asdict(row)
-    config["data"]["dataset"] = row.data.dataset.__name__
-    return config
-
-
-def _cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo where there is one (Linux), else what `platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
-def environment(device: str | torch.device) -> dict[str, Any]:
-    """Software and hardware the run used (no hostname)."""
-    import torchvision
-
-    device = torch.device(device)
-    cuda_name = None
-    if torch.cuda.is_available():
-        cuda_name = torch.cuda.get_device_name(device if device.type == "cuda" else 0)
-    return {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "platform": platform.platform(),
-        "device": str(device),
-        "device_name": cuda_name if device.type == "cuda" else _cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "cuda_device_name": cuda_name,
-        "world_size": _dist_rank_world()[1],
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def _read_training_summary(out_dir: Path) -> dict[str, Any] | None:
+def _read_training_summary(out_dir: Path) -> TrainRecord | None:
     path = out_dir / TRAIN_FILE
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return TrainRecord.read(path)
+    except ValueError as err:
         raise ValueError(f"{path}: not a valid JSON training summary ({err}); fix or remove it") from None
 
 
@@ -387,38 +338,26 @@ def evaluate_run(
     amp_dtype: torch.dtype | None = None,
     workers: int = 0,
     progress: bool = True,
-) -> dict[str, Any]:
-    """Evaluate one table row and write `out_dir/run.json` (atomically, rank 0 only); returns its content.
+) -> RunRecord:
+    """Evaluate one table row and write `out_dir/run.json` (atomically, rank 0 only); returns its record.
 
     The model is `model` if given, else `build_model(row)`; `checkpoint`, when given, is loaded into it with
     `load_checkpoint` (None evaluates the weights as they are). The dataset is
     `row.data.dataset(data_root or row.data.default_root, split or row.data.val_split,
-    transforms=eval_transforms(row.data))`.
-
-    run.json: `row`, `units`, `config` (asdict, dataset as class name), `checkpoint`, `data` (root, split,
-    images, classes), `published_mIoU`, `metrics.refined` / `metrics.coarse` (mIoU, aAcc, mAcc, per-class
-    IoU and Acc by class name, boundary_mIoU, per-class boundary_IoU), `gain_refined_minus_coarse`,
-    `delta_refined_minus_published_mIoU`, `timing` (images_per_second, seconds, num_images),
-    `environment`, `training` (the content of out_dir/train.json, or null). Every metric is a percentage
-    (0-100); a class that cannot be scored (NaN) is written as null.
+    transforms=eval_transforms(row.data))`. The record's `training` is out_dir/train.json when there is one
+    (`engine.records` describes every field); every metric is a percentage (0-100).
     """
     out_dir = Path(out_dir)
     training = _read_training_summary(out_dir)  # fail before a long evaluation, not after
-    root = Path(data_root if data_root is not None else row.data.default_root)
+    root = row.data.resolve_root(data_root)
     split = split or row.data.val_split
     num_classes = row.model.num_classes
-
-    from pointrend_core.data.transforms import eval_transforms
 
     dataset = row.data.dataset(root, split, transforms=eval_transforms(row.data))
     classes = _class_names(dataset, row, num_classes)
     if model is None:
-        from pointrend_core.model import build_model
-
         model = build_model(row)
     if checkpoint is not None:
-        from pointrend_core.checkpoints import load_checkpoint
-
         load_checkpoint(model, checkpoint)
     model.to(device)
 
@@ -426,53 +365,42 @@ def evaluate_run(
         model, dataset, row.eval, device, num_classes,
         amp_dtype=amp_dtype, progress=progress, max_images=max_images, workers=workers,
     )
-    refined = _metrics_json(result.refined, result.refined_boundary, classes)
-    coarse = _metrics_json(result.coarse, result.coarse_boundary, classes)
-    record = {
-        "row": row.name,
-        "units": "every metric is a percentage (0-100); null = class with no pixels to score",
-        "config": config_json(row),
-        "checkpoint": str(checkpoint) if checkpoint is not None else None,
-        "data": {
-            "dataset": row.data.dataset.__name__,
-            "root": str(root),
-            "split": split,
-            "num_images": result.num_images,
-            "dataset_size": len(dataset),
-            "max_images": max_images,
-            "classes": classes,
-        },
-        "published_mIoU": row.published_miou,
-        "metrics": {"refined": refined, "coarse": coarse},
-        "gain_refined_minus_coarse": {
-            key: refined[key] - coarse[key] for key in ("mIoU", "aAcc", "mAcc", "boundary_mIoU")
-        },
-        "delta_refined_minus_published_mIoU": (
-            refined["mIoU"] - row.published_miou if row.published_miou is not None else None
+    refined = _output_metrics(result.refined, result.refined_boundary, classes)
+    coarse = _output_metrics(result.coarse, result.coarse_boundary, classes)
+    record = RunRecord(
+        row=row.name,
+        config=config_json(row),
+        checkpoint=str(checkpoint) if checkpoint is not None else None,
+        data=DataRecord(
+            dataset=row.data.dataset.__name__,
+            root=str(root),
+            split=split,
+            num_images=result.num_images,
+            dataset_size=len(dataset),
+            max_images=max_images,
+            classes=classes,
         ),
-        "timing": {
-            "images_per_second": result.images_per_second,
-            "seconds": result.seconds,
-            "num_images": result.num_images,
-            "amp_dtype": str(amp_dtype).removeprefix("torch.") if amp_dtype is not None else None,
-            "eval_mode": row.eval.mode,
+        published_mIoU=row.published_miou,
+        metrics=Metrics(refined, coarse),
+        gain_refined_minus_coarse={
+            key: getattr(refined, key) - getattr(coarse, key) for key in ("mIoU", "aAcc", "mAcc", "boundary_mIoU")
         },
-        "environment": environment(device),
-        "training": training,
-    }
-    record = _json_safe(record)
-    if _dist_rank_world()[0] == 0:
-        atomic_write_json(out_dir / RUN_FILE, record)
+        delta_refined_minus_published_mIoU=(
+            refined.mIoU - row.published_miou if row.published_miou is not None else None
+        ),
+        timing=TimingRecord(
+            images_per_second=result.images_per_second,
+            seconds=result.seconds,
+            num_images=result.num_images,
+            amp_dtype=str(amp_dtype).removeprefix("torch.") if amp_dtype is not None else None,
+            eval_mode=row.eval.mode,
+        ),
+        environment=environment(device),
+        training=training,
+    )
+    if rank_and_world_size()[0] == 0:
+        record.write(out_dir / RUN_FILE)
     return record
 
 
-__all__ = [
-    "predict",
-    "slide_windows",
-    "evaluate",
-    "EvalResult",
-    "evaluate_run",
-    "config_json",
-    "environment",
-    "RUN_FILE",
-]
+__all__ = ["predict", "slide_windows", "evaluate", "EvalResult", "evaluate_run"]

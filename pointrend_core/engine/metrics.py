@@ -26,11 +26,11 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from pointrend_core.config import IGNORE_INDEX
+from pointrend_core.engine.distributed import all_reduce_
+from pointrend_core.labels import IGNORE_INDEX
 
 DEFAULT_CHUNK_ELEMENTS = 2**24
 """Boundary IoU works on (K, H, W) boolean masks with K * H * W at most this (16 Mi elements, a few
@@ -173,22 +173,6 @@ def _writable(state: Tensor) -> Tensor:
     if state.is_inference() and not torch.is_inference_mode_enabled():
         return state.clone()
     return state
-
-
-def all_reduce_(tensor: Tensor, op: dist.ReduceOp = dist.ReduceOp.SUM) -> Tensor:
-    """In-place all-reduce over the default process group; a no-op when torch.distributed is not initialised.
-
-    NCCL only reduces CUDA tensors, so CPU state is moved to the current CUDA device for the reduction.
-    """
-    if not (dist.is_available() and dist.is_initialized()):
-        return tensor
-    if "nccl" in str(dist.get_backend()) and not tensor.is_cuda:
-        on_gpu = tensor.to(torch.device("cuda", torch.cuda.current_device()))
-        dist.all_reduce(on_gpu, op=op)
-        tensor.copy_(on_gpu.cpu())
-    else:
-        dist.all_reduce(tensor, op=op)
-    return tensor
 
 
 # --------------------------------------------------------------------------------------------------

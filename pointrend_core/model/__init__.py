@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pointrend_core.config import RowConfig, get_row
-from pointrend_core.model.pointrend import PointRend, PointRendOutput, SubdivisionStep, fuse_for_inference
+from pointrend_core.model.pointrend import PointRend, PointRendOutput, Subdivision, SubdivisionStep, fuse_for_inference
 
 
 def build_model(row: str | RowConfig) -> PointRend:
@@ -12,4 +12,4 @@ def build_model(row: str | RowConfig) -> PointRend:
     return PointRend(cfg.model)
 
 
-__all__ = ["build_model", "PointRend", "PointRendOutput", "SubdivisionStep", "fuse_for_inference"]
+__all__ = ["build_model", "PointRend", "PointRendOutput", "Subdivision", "SubdivisionStep", "fuse_for_inference"]

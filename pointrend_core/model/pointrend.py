@@ -23,11 +23,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pointrend_core.config import IGNORE_INDEX, ModelConfig
+from pointrend_core.config import ModelConfig
+from pointrend_core.labels import IGNORE_INDEX
 from pointrend_core.model.backbone import ResNetV1c, init_weights
 from pointrend_core.model.fpn import FPN
 from pointrend_core.model.heads import PointMLP, ScaleHeads, classifier
 from pointrend_core.model.points import point_sample, sample_training_points, uncertain_points_on_grid, uncertainty
+
+
+@dataclass(frozen=True)
+class Subdivision:
+    """Inference settings of the adaptive subdivision, to override a config's (`ModelConfig.subdivision_*`)."""
+
+    steps: int
+    num_points: int
+    """Cells re-predicted per step."""
 
 
 @dataclass
@@ -74,9 +84,6 @@ class PointRend(nn.Module):
             # Small classifier weights start every class near equal odds (initial loss about ln C).
             nn.init.normal_(head.weight, std=0.01)
             nn.init.zeros_(head.bias)
-        # Inference settings live on the module so that sweeps can change them without rebuilding.
-        self.subdivision_steps = cfg.subdivision_steps
-        self.subdivision_num_points = cfg.subdivision_num_points
 
     def features(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """images (B, 3, H, W) -> (P2 features (B, fpn_channels, h, w), coarse logits (B, C, h, w))."""
@@ -91,13 +98,20 @@ class PointRend(nn.Module):
         return self.decoder(self.fcs(fine, coarse))
 
     def forward(
-        self, images: Tensor, targets: Tensor | None = None, *, record_steps: bool = False
+        self,
+        images: Tensor,
+        targets: Tensor | None = None,
+        *,
+        subdivision_steps: int | None = None,
+        subdivision_num_points: int | None = None,
+        record_steps: bool = False,
     ) -> dict[str, Tensor] | PointRendOutput:
-        """With `targets` (B, H, W) int64: the training losses. Without: `PointRendOutput`."""
+        """With `targets` (B, H, W) int64: the training losses. Without: `PointRendOutput`, refined by
+        `refine` with the given inference settings (None: the config's)."""
         fine_features, coarse_logits = self.features(images)
         if targets is not None:
             return self.losses(fine_features, coarse_logits, targets)
-        return self.refine(fine_features, coarse_logits, record_steps)
+        return self.refine(fine_features, coarse_logits, subdivision_steps, subdivision_num_points, record_steps)
 
     def losses(self, fine_features: Tensor, coarse_logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
         """Weighted losses: {"loss_aux": coarse CE on logits upsampled to the targets' size,
@@ -117,24 +131,40 @@ class PointRend(nn.Module):
             "loss_point": cfg.point_loss_weight * cross_entropy(point_logits, point_labels),
         }
 
-    def refine(self, fine_features: Tensor, coarse_logits: Tensor, record_steps: bool = False) -> PointRendOutput:
-        """Adaptive subdivision from the stride-4 coarse logits, `subdivision_steps` times 2x."""
+    def refine(
+        self,
+        fine_features: Tensor,
+        coarse_logits: Tensor,
+        steps: int | None = None,
+        num_points: int | None = None,
+        record_steps: bool = False,
+    ) -> PointRendOutput:
+        """Adaptive subdivision from the stride-4 coarse logits (B, C, h, w): `steps` times 2x (default
+        `cfg.subdivision_steps`), re-predicting `num_points` cells per step (default
+        `cfg.subdivision_num_points`). 0 steps return the coarse logits as the refined ones."""
+        steps = self.cfg.subdivision_steps if steps is None else steps
+        num_points = self.cfg.subdivision_num_points if num_points is None else num_points
+        if steps < 0 or num_points < 1:
+            raise ValueError(f"subdivision needs steps >= 0 and num_points >= 1, got {steps} and {num_points}")
         refined = coarse_logits
-        steps: list[SubdivisionStep] = []
-        for _ in range(self.subdivision_steps):
-            refined, step = self.subdivide(refined, fine_features, coarse_logits)
+        recorded: list[SubdivisionStep] = []
+        for _ in range(steps):
+            refined, step = self.subdivide(refined, fine_features, coarse_logits, num_points)
             if record_steps:
-                steps.append(step)
-        return PointRendOutput(refined, coarse_logits, steps)
+                recorded.append(step)
+        return PointRendOutput(refined, coarse_logits, recorded)
 
-    def subdivide(self, logits: Tensor, fine_features: Tensor, coarse_logits: Tensor) -> tuple[Tensor, SubdivisionStep]:
-        """One subdivision step: logits (B, C, h, w) -> (B, C, 2h, 2w) with the most uncertain cells re-predicted."""
+    def subdivide(
+        self, logits: Tensor, fine_features: Tensor, coarse_logits: Tensor, num_points: int
+    ) -> tuple[Tensor, SubdivisionStep]:
+        """One subdivision step: logits (B, C, h, w) -> (B, C, 2h, 2w) with the `num_points` most uncertain
+        cells re-predicted by the point head."""
         # Contiguous NCHW whatever the input layout: top-k breaks near-ties by memory order, and channels-last
         # would otherwise pick other points than the plain model.
         upsampled = F.interpolate(logits, scale_factor=2, mode="bilinear", align_corners=False).contiguous()
         batch, channels, height, width = upsampled.shape
         uncertainty_map = uncertainty(upsampled)
-        indices, coords = uncertain_points_on_grid(uncertainty_map, self.subdivision_num_points)
+        indices, coords = uncertain_points_on_grid(uncertainty_map, num_points)
         # Coarse point features come from the original stride-4 logits, never the refined map (recipe §3.1).
         point_logits = self.point_logits(fine_features, coarse_logits, coords).to(upsampled.dtype)
         refined = (

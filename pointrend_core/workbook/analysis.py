@@ -7,7 +7,6 @@ size, h x w the stride-4 coarse grid. Images for figures are uint8 (3, H', W') f
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +16,15 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from pointrend_core.checkpoints import load_checkpoint
 from pointrend_core.config import EvalConfig, ModelConfig, RowConfig
 from pointrend_core.data.datasets import SegmentationDataset
-from pointrend_core.engine.evaluate import RUN_FILE, evaluate, predict
-from pointrend_core.model import PointRend, PointRendOutput, build_model
+from pointrend_core.data.transforms import denormalize, eval_transforms
+from pointrend_core.engine.evaluate import evaluate, predict
+from pointrend_core.engine.records import RUN_FILE, RunRecord
+from pointrend_core.model import PointRend, PointRendOutput, Subdivision, build_model
 from pointrend_core.model.points import TrainingPoints, sample_training_points
-from pointrend_core.viz import PredictionSample
+from pointrend_core.workbook.figures import PredictionSample
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ def run_checkpoint(out_dir: str | os.PathLike) -> Path:
     path = Path(out_dir) / RUN_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no {path}: evaluate the row first (train_evaluate notebook) or pass a checkpoint")
-    checkpoint = json.loads(path.read_text(encoding="utf-8")).get("checkpoint")
+    checkpoint = RunRecord.read(path).checkpoint
     if not checkpoint:
         raise ValueError(f"{path} records no checkpoint (the run evaluated untrained weights); pass a checkpoint")
     return Path(checkpoint)
@@ -51,8 +53,6 @@ def load_model(row: RowConfig, checkpoint: str | os.PathLike | None, device: str
     """The row's network with `checkpoint` loaded (random weights when None), in eval mode on `device`."""
     model = build_model(row)
     if checkpoint is not None:
-        from pointrend_core.checkpoints import load_checkpoint
-
         load_checkpoint(model, checkpoint)
     return model.eval().to(device)
 
@@ -61,16 +61,11 @@ def eval_dataset(
     row: RowConfig, data_root: str | os.PathLike | None, split: str | None = None
 ) -> SegmentationDataset:
     """The row's validation split with the test pipeline: items (float (3, H', W'), int64 (H, W))."""
-    from pointrend_core.data.transforms import eval_transforms
-
-    root = Path(data_root) if data_root is not None else Path(row.data.default_root)
-    return row.data.dataset(root, split or row.data.val_split, transforms=eval_transforms(row.data))
+    return row.data.dataset(row.data.resolve_root(data_root), split or row.data.val_split, transforms=eval_transforms(row.data))
 
 
 def eval_sample(dataset: SegmentationDataset, index: int) -> EvalSample:
     """Item `index` of an `eval_dataset`, ready for the model and for figures."""
-    from pointrend_core.data.transforms import denormalize
-
     if not 0 <= index < len(dataset):
         raise IndexError(f"image index {index} is outside the split's {len(dataset)} images")
     image, gt = dataset[index]
@@ -146,8 +141,7 @@ def subdivision_sweep(
     """Evaluate every (subdivision steps, points per step) pair on the first `max_images` images.
 
     None for `steps` or `points` takes `default_sweep(model.cfg)`, which always includes the row's own
-    setting. The model's inference settings are changed in place and restored afterwards (they live on the
-    module, not in its frozen config). Steps = 0 is the upsampled coarse prediction; it is evaluated once,
+    setting; each setting is passed to the evaluation, the model is left as it is. Steps = 0 is the upsampled coarse prediction; it is evaluated once,
     with points = 0. Returns one line per setting: steps, points, mIoU, boundary_mIoU (percent, refined
     output), seconds_per_image (wall time of the evaluation loop, data loading included), images, and
     row_setting (True on the line of the row's own steps and points).
@@ -158,29 +152,25 @@ def subdivision_sweep(
     if any(s < 0 for s in steps) or any(p < 1 for p in points):
         raise ValueError(f"sweep needs steps >= 0 and points >= 1, got steps {list(steps)} and points {list(points)}")
     settings = sorted({(s, p if s > 0 else 0) for s in steps for p in points})
-    saved = model.subdivision_steps, model.subdivision_num_points
     lines = []
     # The first forward pays one-time costs (allocator growth, kernel selection) that would otherwise be
     # charged to whichever setting comes first.
     evaluate(model, dataset, eval_cfg, device, model.num_classes, progress=False, max_images=1)
-    try:
-        for num_steps, num_points in settings:
-            model.subdivision_steps, model.subdivision_num_points = num_steps, max(num_points, 1)
-            result = evaluate(
-                model, dataset, eval_cfg, device, model.num_classes, progress=False, max_images=max_images
-            )
-            lines.append(
-                {
-                    "steps": num_steps,
-                    "points": num_points,
-                    "mIoU": 100.0 * result.refined.mIoU,
-                    "boundary_mIoU": 100.0 * result.refined_boundary.mIoU,
-                    "seconds_per_image": result.seconds / max(result.num_images, 1),
-                    "images": result.num_images,
-                    "row_setting": (num_steps, num_points)
-                    == (model.cfg.subdivision_steps, model.cfg.subdivision_num_points),
-                }
-            )
-    finally:
-        model.subdivision_steps, model.subdivision_num_points = saved
+    for num_steps, num_points in settings:
+        result = evaluate(
+            model, dataset, eval_cfg, device, model.num_classes, progress=False, max_images=max_images,
+            subdivision=Subdivision(num_steps, max(num_points, 1)),
+        )
+        lines.append(
+            {
+                "steps": num_steps,
+                "points": num_points,
+                "mIoU": 100.0 * result.refined.mIoU,
+                "boundary_mIoU": 100.0 * result.refined_boundary.mIoU,
+                "seconds_per_image": result.seconds / max(result.num_images, 1),
+                "images": result.num_images,
+                "row_setting": (num_steps, num_points)
+                == (model.cfg.subdivision_steps, model.cfg.subdivision_num_points),
+            }
+        )
     return pd.DataFrame(lines)

@@ -1,12 +1,12 @@
-"""Result tables and the report index, read from the run JSONs only.
+"""The tables the notebooks and reports show, as pandas DataFrames, from run records and configs only.
 
-Every evaluated run leaves `runs/<name>/run.json` (written by `engine.evaluate.evaluate_run`); the batch
-runner adds `runs/<row>/status.json` (`RowStatus`). This module turns those files into:
+Every evaluated run leaves `runs/<name>/run.json` (an `engine.records.RunRecord`). From those:
 
 - `collect_runs(runs_dir)`: one line per run.json, numeric columns, mIoU-style scores in percent;
 - `results_table(runs_dir)`: the model-zoo table, one line per `ROWS` entry, where a row without a run says
   "not run" in every measured cell (published numbers are never copied into the reproduced columns);
-- `write_index_html(reports_dir, runs_dir, statuses)`: `reports/index.html`.
+- one run: `run_overview`, `per_class_table`; a recipe: `recipe_table`, `point_settings_table`; a sweep:
+  `sweep_table`; the runs of a folder for reading: `runs_display`.
 
 Scores are percentages (the model zoo publishes mIoU in %); the difference is reproduced minus published,
 in percentage points.
@@ -14,10 +14,7 @@ in percentage points.
 
 from __future__ import annotations
 
-import html
-import json
 import os
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -25,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from pointrend_core.config import ROWS, RowConfig
-from pointrend_core.files import atomic_write_json, atomic_write_text
+from pointrend_core.engine.records import RunRecord, TrainRecord
 
 NOT_RUN = "not run"
 
@@ -61,57 +58,6 @@ TABLE_COLUMNS = [
 """Columns of `results_table` (its index is the row name)."""
 
 
-@dataclass(frozen=True)
-class RowStatus:
-    """Outcome of one row in the batch runner, stored as `runs/<row>/status.json`.
-
-    `reports` are file names inside the reports folder (e.g. "demo.html", "demo_points.html"); `error` names
-    the notebook that failed and the exception. `skipped` is True when the row had finished in an earlier
-    invocation and was not re-run (never stored).
-    """
-
-    row: str
-    ok: bool
-    error: str | None = None
-    seconds: float | None = None
-    finished: str | None = None
-    reports: tuple[str, ...] = field(default_factory=tuple)
-    skipped: bool = False
-
-    def write(self, run_dir: str | os.PathLike) -> Path:
-        record = asdict(self)
-        del record["skipped"]
-        return atomic_write_json(Path(run_dir) / "status.json", record)
-
-
-def read_status(run_dir: str | os.PathLike) -> RowStatus | None:
-    """The status stored in `run_dir/status.json`, or None when the row never ran through the batch runner."""
-    path = Path(run_dir) / "status.json"
-    if not path.is_file():
-        return None
-    record = _read_json(path)
-    try:
-        return RowStatus(
-            row=record["row"],
-            ok=bool(record["ok"]),
-            error=record.get("error"),
-            seconds=record.get("seconds"),
-            finished=record.get("finished"),
-            reports=tuple(record.get("reports", ())),
-        )
-    except KeyError as missing:
-        raise ValueError(
-            f"{path} lacks the key {missing}; expected a status written by pointrend_core.workbook"
-        ) from None
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err})") from None
-
-
 def _score(value: Any) -> float:
     """run.json holds percentages, null for what could not be scored."""
     return float("nan") if value is None else float(value)
@@ -127,69 +73,59 @@ def hardware(environment: Mapping[str, Any], world_size: int = 1) -> str | None:
     return f"CPU, {environment.get('cpu_count')} cores ({name})"
 
 
-def run_summary(run: Mapping[str, Any], path: str | os.PathLike) -> dict[str, Any]:
-    """The table fields of one run.json (layout: `engine.evaluate.evaluate_run`; scores in percent)."""
-    try:
-        row = run["row"]
-        refined, coarse = run["metrics"]["refined"], run["metrics"]["coarse"]
-    except (KeyError, TypeError) as missing:
-        raise ValueError(
-            f"{path} lacks {missing}; expected a run.json written by engine.evaluate.evaluate_run "
-            "with 'row' and 'metrics' -> 'refined' / 'coarse'"
-        ) from None
-    training = run.get("training") or {}
-    environment = run.get("environment") or {}
-    data = run.get("data") or {}
+def run_summary(run: RunRecord, path: str | os.PathLike) -> dict[str, Any]:
+    """The table fields (`RUN_COLUMNS`) of the run.json at `path`; scores in percent."""
+    refined, coarse, training = run.metrics.refined, run.metrics.coarse, run.training or TrainRecord()
     return {
-        "row": row,
+        "row": run.row,
         "run_dir": str(Path(path).parent),
-        "published_miou": _score(run.get("published_mIoU")),
-        "miou_refined": _score(refined.get("mIoU")),
-        "miou_coarse": _score(coarse.get("mIoU")),
-        "boundary_iou_refined": _score(refined.get("boundary_mIoU")),
-        "boundary_iou_coarse": _score(coarse.get("boundary_mIoU")),
-        "train_seconds": _score(training.get("wall_seconds")),
-        "train_iters": training.get("iterations"),
-        "hardware": hardware(training.get("environment") or environment, training.get("world_size", 1)),
-        "checkpoint": run.get("checkpoint"),
-        "eval_images": data.get("num_images"),
-        "val_images": data.get("dataset_size"),
-        "finished": environment.get("date"),
+        "published_miou": _score(run.published_mIoU),
+        "miou_refined": _score(refined.mIoU),
+        "miou_coarse": _score(coarse.mIoU),
+        "boundary_iou_refined": _score(refined.boundary_mIoU),
+        "boundary_iou_coarse": _score(coarse.boundary_mIoU),
+        "train_seconds": _score(training.wall_seconds),
+        "train_iters": training.iterations,
+        "hardware": hardware(training.environment or run.environment, training.world_size),
+        "checkpoint": run.checkpoint,
+        "eval_images": run.data.num_images,
+        "val_images": run.data.dataset_size,
+        "finished": run.environment.get("date"),
     }
 
 
-def run_overview(run: Mapping[str, Any]) -> pd.DataFrame:
+def _record(run: RunRecord | Mapping[str, Any]) -> RunRecord:
+    return run if isinstance(run, RunRecord) else RunRecord.from_json(run)
+
+
+def run_overview(run: RunRecord | Mapping[str, Any]) -> pd.DataFrame:
     """Refined vs coarse summary of one run: index [refined, coarse], columns mIoU, aAcc, mAcc, boundary mIoU
     (percent), and the refined-minus-coarse gain."""
-    try:
-        outputs = {name: run["metrics"][name] for name in ("refined", "coarse")}
-    except (KeyError, TypeError) as missing:
-        raise ValueError(f"run record lacks {missing}; expected evaluate_run's metrics -> refined / coarse") from None
+    metrics = _record(run).metrics
+    outputs = {"refined": metrics.refined, "coarse": metrics.coarse}
     table = pd.DataFrame(
         {
-            name: {key: _score(metrics.get(key)) for key in ("mIoU", "aAcc", "mAcc", "boundary_mIoU")}
-            for name, metrics in outputs.items()
+            name: {key: _score(getattr(output, key)) for key in ("mIoU", "aAcc", "mAcc", "boundary_mIoU")}
+            for name, output in outputs.items()
         }
     ).T
     table.loc["gain (refined - coarse)"] = table.loc["refined"] - table.loc["coarse"]
     return table.rename(columns={"boundary_mIoU": "boundary mIoU"}).round(2)
 
 
-def per_class_table(run: Mapping[str, Any]) -> pd.DataFrame:
+def per_class_table(run: RunRecord | Mapping[str, Any]) -> pd.DataFrame:
     """Per-class IoU and boundary IoU (percent) of the refined and the coarse output, index = class name,
     with a final 'mean' line (the run's mIoU / boundary mIoU, i.e. NaN classes skipped)."""
-    try:
-        refined, coarse = run["metrics"]["refined"], run["metrics"]["coarse"]
-    except (KeyError, TypeError) as missing:
-        raise ValueError(f"run record lacks {missing}; expected evaluate_run's metrics -> refined / coarse") from None
+    metrics = _record(run).metrics
+    refined, coarse = metrics.refined, metrics.coarse
     columns = {
-        "IoU refined": refined["IoU"],
-        "IoU coarse": coarse["IoU"],
-        "boundary IoU refined": refined["boundary_IoU"],
-        "boundary IoU coarse": coarse["boundary_IoU"],
+        "IoU refined": refined.IoU,
+        "IoU coarse": coarse.IoU,
+        "boundary IoU refined": refined.boundary_IoU,
+        "boundary IoU coarse": coarse.boundary_IoU,
     }
     table = pd.DataFrame({name: pd.Series(values, dtype=float) for name, values in columns.items()})
-    table.loc["mean"] = [refined["mIoU"], coarse["mIoU"], refined["boundary_mIoU"], coarse["boundary_mIoU"]]
+    table.loc["mean"] = [_score(v) for v in (refined.mIoU, coarse.mIoU, refined.boundary_mIoU, coarse.boundary_mIoU)]
     table.index.name = "class"
     return table.round(2)
 
@@ -287,7 +223,7 @@ def collect_runs(runs_dir: str | os.PathLike) -> pd.DataFrame:
     """
     root = Path(runs_dir)
     paths = sorted(root.glob("*/run.json")) if root.is_dir() else []
-    records = [run_summary(_read_json(path), path) for path in paths]
+    records = [run_summary(RunRecord.read(path), path) for path in paths]
     return pd.DataFrame.from_records(records, columns=RUN_COLUMNS)
 
 
@@ -363,89 +299,3 @@ def results_table(runs_dir: str | os.PathLike) -> pd.DataFrame:
     table = pd.DataFrame.from_dict(lines, orient="index", columns=TABLE_COLUMNS)
     table.index.name = "row"
     return table
-
-
-def read_statuses(runs_dir: str | os.PathLike) -> dict[str, RowStatus]:
-    """Every `runs_dir/*/status.json`, by row name."""
-    root = Path(runs_dir)
-    statuses = (read_status(path.parent) for path in sorted(root.glob("*/status.json"))) if root.is_dir() else ()
-    return {status.row: status for status in statuses if status is not None}
-
-
-_STYLE = """
-body { font-family: sans-serif; margin: 2em; max-width: 80em; }
-table { border-collapse: collapse; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-.failed { color: #b00; }
-pre { background: #f6f6f6; padding: 0.5em; white-space: pre-wrap; }
-"""
-
-
-def _link(reports_dir: Path, name: str, label: str) -> str:
-    if not (reports_dir / name).is_file():
-        return ""
-    return f'<a href="{html.escape(name)}">{html.escape(label)}</a>'
-
-
-def index_html(reports_dir: str | os.PathLike, runs_dir: str | os.PathLike, statuses: Mapping[str, RowStatus]) -> str:
-    """The text of reports/index.html (see `write_index_html`)."""
-    reports = Path(reports_dir)
-    table = results_table(runs_dir).reset_index().to_html(escape=True, border=0, index=False)
-    names = list(ROWS) + sorted(set(statuses) - set(ROWS))
-    lines = []
-    for name in names:
-        status = statuses.get(name)
-        if status is None:
-            state, links, error = NOT_RUN, "", ""
-        else:
-            state = "ok" if status.ok else '<span class="failed">failed</span>'
-            links = " · ".join(filter(None, (_link(reports, r, r) for r in status.reports)))
-            error = f"<pre>{html.escape(status.error)}</pre>" if status.error else ""
-        finished = html.escape(to_the_minute(status.finished)) if status else ""
-        lines.append(
-            f"<tr><td>{html.escape(name)}</td><td>{state}</td><td>{finished}</td>"
-            f"<td>{links}</td><td style='text-align:left'>{error}</td></tr>"
-        )
-    overview = [_link(reports, "results.html", "results notebook (the table with per-row details)")]
-    overview += [
-        _link(reports, page.name, f"point selection: {page.stem.removesuffix('_points')}")
-        for page in sorted(reports.glob("*_points.html"))
-    ]
-    overview_items = "".join(f"<li>{item}</li>" for item in overview if item)
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>PointRend reproduction: reports</title>
-<style>{_STYLE}</style></head>
-<body>
-<h1>PointRend (sssegmentation model zoo): reproduction reports</h1>
-<h2>Results</h2>
-<p>Scores in percent over each validation split. <b>mIoU</b>: mean over classes of intersection over union
-(one confusion matrix per split, as the model zoo computes it). <b>Boundary IoU</b>: the same, counted only in
-a band around object outlines (2&nbsp;% of the image diagonal), where the point head works. <b>Refined</b> is
-PointRend's output; <b>coarse</b> the coarse head's output upsampled, without the point head.
-<b>Difference</b>: reproduced (refined) minus published, in points. Rows without an evaluation are shown as
-"{NOT_RUN}".</p>
-{table}
-<h2>Reports and visualizations</h2>
-<ul>{overview_items or "<li>none yet</li>"}</ul>
-<h2>Rows</h2>
-<table><thead><tr><th>row</th><th>status</th><th>finished</th><th>reports</th><th>error</th></tr></thead>
-<tbody>
-{chr(10).join(lines)}
-</tbody></table>
-</body></html>
-"""
-
-
-def write_index_html(
-    reports_dir: str | os.PathLike,
-    runs_dir: str | os.PathLike,
-    statuses: Mapping[str, RowStatus] | None = None,
-) -> Path:
-    """Write `reports_dir/index.html` atomically: the results table, every row's status with links to its
-    reports (failed rows with their error), links to the results and point-selection reports.
-
-    `statuses` default to the `status.json` files under `runs_dir`; given ones take precedence per row.
-    """
-    merged = {**read_statuses(runs_dir), **(statuses or {})}
-    return atomic_write_text(Path(reports_dir) / "index.html", index_html(reports_dir, runs_dir, merged))

@@ -1,7 +1,7 @@
 """Running one table row from a notebook: optional small-scale overrides, training (in this process, or under
 `torch.distributed.run` for several GPUs), then the evaluation that writes run.json.
 
-The notebooks call these functions; the batch runner (`workbook.py`) only injects their parameters.
+The notebooks call these functions; the batch runner (`workbook.runner`) only injects their parameters.
 """
 
 from __future__ import annotations
@@ -12,9 +12,13 @@ import sys
 from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from pointrend_core.config import RowConfig, get_row
+from pointrend_core.engine.evaluate import evaluate_run
+from pointrend_core.engine.records import RunRecord
+from pointrend_core.engine.state import FINAL_CHECKPOINT
+from pointrend_core.engine.train import TrainOptions, train
 from pointrend_core.model import PointRend, build_model
 
 
@@ -157,9 +161,7 @@ def train_row(
             pretrained_backbone=pretrained_backbone,
         )
         run_streaming(command)
-        return out_dir / "checkpoint_final.pth"
-    from pointrend_core.engine.train import TrainOptions, train
-
+        return out_dir / FINAL_CHECKPOINT
     options = TrainOptions(
         max_iters=max_iters, seed=seed, device=device, workers=workers, pretrained_backbone=pretrained_backbone,
         progress=False,  # a notebook keeps every bar refresh as output; metrics.jsonl has the numbers
@@ -172,7 +174,7 @@ class RowRun:
     """What `train_and_evaluate` leaves: the run.json content, the evaluated checkpoint, and the network with
     those weights (eval mode, on the evaluation device) for the figures that follow."""
 
-    record: dict[str, Any]
+    record: RunRecord
     checkpoint: Path
     model: PointRend
 
@@ -194,8 +196,6 @@ def train_and_evaluate(
     """Train (unless `checkpoint` is given: then that checkpoint is evaluated), evaluate refined and coarse
     outputs on the validation split (the first `max_eval_images` only, when given) and write out_dir/run.json.
     Training arguments as `train_row`."""
-    from pointrend_core.engine.evaluate import evaluate_run
-
     if checkpoint is None:
         checkpoint = train_row(
             row, data_root, out_dir, max_iters=max_iters, gpus=gpus, seed=seed, device=device, workers=workers,

@@ -29,7 +29,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from pointrend_core.config import IGNORE_INDEX
+from pointrend_core.engine.train_log import read_train_log
+from pointrend_core.labels import IGNORE_INDEX
 
 if TYPE_CHECKING:
     from pointrend_core.model.pointrend import PointRendOutput
@@ -311,16 +312,6 @@ def show_predictions(
     return fig
 
 
-def read_metrics(metrics_jsonl_path: str | os.PathLike) -> pd.DataFrame:
-    """The trainer's metrics JSONL as a DataFrame (one row per logged record)."""
-    path = os.fspath(metrics_jsonl_path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no training metrics at {path} (written by engine.train as metrics.jsonl)")
-    if os.path.getsize(path) == 0:
-        raise ValueError(f"{path} is empty: training logged no iteration")
-    return pd.read_json(path, lines=True)
-
-
 def plot_training_curves(metrics_jsonl_path: str | os.PathLike) -> Figure:
     """Losses and learning rate against the iteration, from the trainer's metrics JSONL.
 
@@ -328,7 +319,7 @@ def plot_training_curves(metrics_jsonl_path: str | os.PathLike) -> Figure:
     (`loss`, `loss_aux`, `loss_point`: every name starting with `loss`), `lr`; records with `mIoU`- or
     `acc`-like columns are drawn as scores. Columns absent from the log are skipped.
     """
-    df = read_metrics(metrics_jsonl_path)
+    df = read_train_log(metrics_jsonl_path)
     x = next((c for c in ("iteration", "iter", "step") if c in df.columns), None)
     if x is None:
         raise ValueError(

@@ -24,27 +24,24 @@ import os
 import signal
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Collection, Mapping, Sequence
 
-import nbformat
 import papermill
-from nbconvert import HTMLExporter
-from papermill.engines import NBClientEngine, papermill_engines
 from papermill.exceptions import PapermillExecutionError
-from tqdm import tqdm
 from traitlets.config import Config
 
-from pointrend_core.config import ROWS, get_row
-from pointrend_core.engine.progress import TrainProgress, read_progress
-from pointrend_core.files import atomic_write_text
-from pointrend_core.reports import RowStatus, format_duration, read_status, write_index_html
+from pointrend_core.config import ROWS, RUNS_DIR, get_row
+from pointrend_core.data.demo import make_demo_dataset
+from pointrend_core.engine.records import RUN_FILE
+from pointrend_core.workbook.html import render_html, write_index_html
+from pointrend_core.workbook.notebook_progress import CELL_REPORTING_ENGINE, NotebookProgress
+from pointrend_core.workbook.status import RowStatus, read_status
 
-NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 """The notebooks of a source checkout (they are not part of the installed package)."""
 
 TRAIN_EVALUATE = "train_evaluate.ipynb"
@@ -102,168 +99,7 @@ def data_root_for(row: str, data_root: Path | Mapping[str, Path] | str | None) -
     """The data root of `row`: the given one (a single path or this row's entry), else the row's default."""
     if isinstance(data_root, Mapping):
         data_root = data_root.get(row)
-    return Path(data_root) if data_root is not None else Path(get_row(row).data.default_root)
-
-
-class _CellReportingEngine(NBClientEngine):
-    """papermill's own engine, plus a callback `on_cell_start(index, cell, notebook)` before each cell runs."""
-
-    @classmethod
-    def execute_managed_notebook(cls, nb_man: Any, kernel_name: str, on_cell_start: Any = None, **kwargs: Any) -> Any:
-        if on_cell_start is not None:
-            cell_start = nb_man.cell_start
-
-            def reporting_cell_start(cell: Any, cell_index: int | None = None, **more: Any) -> Any:
-                on_cell_start(cell_index, cell, nb_man.nb)
-                return cell_start(cell, cell_index, **more)
-
-            nb_man.cell_start = reporting_cell_start
-        return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
-
-
-CELL_REPORTING_ENGINE = "pointrend-cell-reporting"
-papermill_engines.register(CELL_REPORTING_ENGINE, _CellReportingEngine)
-
-
-class NotebookProgress:
-    """What a row's notebook is doing, in the terminal: which cell runs (and under which heading), and while
-    the notebook trains, a tqdm bar of the training iterations with the loss and the time left, read from
-    the run folder's `progress.json` (the kernel's own output goes to the notebook, not to the terminal).
-
-    Use as a context manager around `execute(..., progress=this)`; a thread polls the run folder twice a
-    second. Training snapshots older than the notebook's start (an earlier run's) are ignored. When stderr is
-    not a terminal (a log file, CI) it prints plain lines instead: one per cell, one per 10 % of training.
-    """
-
-    POLL_SECONDS = 0.5
-
-    def __init__(self, row: str, notebook: Path, run_dir: Path, *, enabled: bool = True) -> None:
-        self.label = f"{row} · {notebook.stem}"
-        self.run_dir = run_dir
-        self.enabled = enabled
-        self.interactive = sys.stderr.isatty()
-        self._started = time.time()
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._status: tqdm | None = None
-        self._training: tqdm | None = None
-        self._logged_decile = -1
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> "NotebookProgress":
-        if self.enabled:
-            if self.interactive:
-                self._status = tqdm(total=None, desc=f"{self.label}: starting the kernel", bar_format="{desc} [{elapsed}]",
-                                    dynamic_ncols=True, file=sys.stderr, position=0, leave=False)
-            self._thread = threading.Thread(target=self._poll, name="notebook-progress", daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self._poll_once()
-        for bar in (self._training, self._status):
-            if bar is not None:
-                bar.close()
-
-    def cell_started(self, index: int | None, cell: Any, notebook: Any) -> None:
-        """papermill's callback: shows the code cell about to run, numbered among code cells, with the
-        nearest Markdown heading above it."""
-        code_cells = [i for i, c in enumerate(notebook.cells) if c.cell_type == "code"]
-        if not self.enabled or index not in code_cells:
-            return
-        heading = next(
-            (line.lstrip("#").strip() for c in reversed(notebook.cells[:index]) if c.cell_type == "markdown"
-             for line in c.source.splitlines() if line.startswith("#")),
-            "",
-        )
-        text = f"{self.label}: cell {code_cells.index(index) + 1}/{len(code_cells)}" + (f" ({heading})" if heading else "")
-        with self._lock:
-            if self._status is not None:
-                self._status.set_description_str(text)
-            else:
-                print(f"[workbook] {text}", file=sys.stderr, flush=True)
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self.POLL_SECONDS):
-            self._poll_once()
-
-    def _poll_once(self) -> None:
-        snapshot = read_progress(self.run_dir)
-        with self._lock:
-            if self._status is not None:
-                self._status.refresh()  # the elapsed time of the cell line
-        if snapshot is None or snapshot.written_at < self._started:
-            return
-        with self._lock:
-            if self.interactive:
-                self._show_bar(snapshot)
-            else:
-                self._log_line(snapshot)
-
-    def _show_bar(self, snapshot: TrainProgress) -> None:
-        if self._training is None:
-            self._training = tqdm(total=snapshot.max_iters, initial=snapshot.start_iteration, desc="  training",
-                                  unit="it", dynamic_ncols=True, file=sys.stderr, position=1, leave=False)
-        self._training.set_postfix(loss=f"{snapshot.loss:.3f}", lr=f"{snapshot.lr:.2e}", refresh=False)
-        self._training.update(snapshot.iteration - self._training.n)
-
-    def _log_line(self, snapshot: TrainProgress) -> None:
-        decile = 10 * snapshot.iteration // max(snapshot.max_iters, 1)
-        if decile == self._logged_decile:
-            return
-        self._logged_decile = decile
-        eta = snapshot.eta_seconds
-        print(f"[workbook] {self.label}: training {snapshot.iteration}/{snapshot.max_iters}, loss {snapshot.loss:.3f}"
-              + (f", {format_duration(eta)} left" if eta is not None and snapshot.iteration < snapshot.max_iters else ""),
-              file=sys.stderr, flush=True)
-
-
-REPORT_TEMPLATE = Path(__file__).resolve().parent / "report_template" / "report.html.j2"
-"""nbconvert template of the reports: JupyterLab's look, inputs hidden, a link back to the index, the run's
-parameters as a table, logs drawn as logs, nothing fetched from the network."""
-
-
-def notebook_title(notebook: nbformat.NotebookNode) -> str:
-    """The text of the notebook's first level-1 Markdown heading ('' when it has none)."""
-    for cell in notebook.cells:
-        if cell.cell_type == "markdown":
-            for line in cell.source.splitlines():
-                if line.startswith("# "):
-                    return line[2:].strip()
-    return ""
-
-
-def display_value(value: Any, base: Path) -> str:
-    """A parameter value as a reader wants it: paths inside `base` relative to it, the rest as Python shows it."""
-    if isinstance(value, str) and os.path.isabs(value):
-        try:
-            return os.path.relpath(value, base) if Path(value).resolve().is_relative_to(base.resolve()) else value
-        except ValueError:  # another drive (Windows)
-            return value
-    return repr(value) if not isinstance(value, str) else value
-
-
-def render_html(notebook_path: Path, html_path: Path, *, row: str | None = None) -> Path:
-    """Executed notebook -> a self-contained HTML report (figures embedded as data URIs), written atomically.
-
-    The page shows outputs and Markdown only (no code), is titled by the notebook's first heading (after
-    "<row>: " when a row is given), links back to `index.html` beside it, and lists the parameters papermill
-    injected, paths relative to the working directory.
-    """
-    notebook = nbformat.read(notebook_path, as_version=4)
-    heading = notebook_title(notebook) or Path(notebook_path).stem
-    notebook.metadata["title"] = f"{row}: {heading}" if row else heading
-    injected = notebook.metadata.get("papermill", {}).get("parameters", {})
-    exporter = HTMLExporter(
-        template_file=str(REPORT_TEMPLATE), exclude_input=True, exclude_input_prompt=True,
-        exclude_output_prompt=True,
-    )
-    report = {"parameters": [(name, display_value(value, Path.cwd())) for name, value in injected.items()]}
-    body, _ = exporter.from_notebook_node(notebook, resources={"report": report})
-    return atomic_write_text(html_path, body)
+    return get_row(row).data.resolve_root(data_root)
 
 
 def declared_parameters(notebook: Path) -> set[str]:
@@ -327,8 +163,6 @@ def _ensure_demo_data(row: str, root: Path) -> None:
     """The demo row generates its dataset on first use; other rows need the real data (the dataset class
     reports a missing root with the layout it expects)."""
     if row == "demo" and not root.exists():
-        from pointrend_core.data.demo import make_demo_dataset
-
         make_demo_dataset(root)
 
 
@@ -368,7 +202,7 @@ def run_row(
 def is_finished(run_dir: Path) -> RowStatus | None:
     """The stored status when the row finished successfully before (run.json present), else None."""
     status = read_status(run_dir)
-    if status is not None and status.ok and (run_dir / "run.json").is_file():
+    if status is not None and status.ok and (run_dir / RUN_FILE).is_file():
         return status
     return None
 
@@ -377,7 +211,7 @@ def run_rows(
     rows: Sequence[str],
     *,
     data_root: Path | Mapping[str, Path] | str | None = None,
-    runs_dir: str | os.PathLike = "runs",
+    runs_dir: str | os.PathLike = RUNS_DIR,
     reports_dir: str | os.PathLike = "reports",
     max_iters: int | None = None,
     force: bool = False,
@@ -485,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--data-root", action="append", default=[], metavar="PATH|ROW=PATH",
         help="data root for every row, or ROW=PATH (repeatable); default: each row's default_root",
     )
-    run.add_argument("--runs-dir", default="runs")
+    run.add_argument("--runs-dir", default=str(RUNS_DIR))
     run.add_argument("--reports-dir", default="reports")
     run.add_argument(
         "--max-iters", type=int, default=None, help="stop training after N iterations (default: the full recipe)"

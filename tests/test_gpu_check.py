@@ -1,0 +1,168 @@
+"""benchmarks/gpu_check.py on a CPU machine: the no-CUDA exit, the table and error-line helpers, the timing
+protocol on CPU, the subprocess timeout, and the --ddp-worker mode in a one-process gloo group."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "gpu_check.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+gpu_check = _load_script()
+CheckResult = gpu_check.CheckResult
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **extra}
+
+
+def test_without_cuda_it_says_so_in_one_line_and_exits_2_within_seconds() -> None:
+    start = time.perf_counter()
+    # CUDA_VISIBLE_DEVICES="" hides any GPU, so this holds on GPU machines too.
+    completed = subprocess.run([sys.executable, str(SCRIPT)], cwd=REPO, env=_env(CUDA_VISIBLE_DEVICES=""),
+                               capture_output=True, text=True, timeout=60)
+    elapsed = time.perf_counter() - start
+    assert completed.returncode == gpu_check.EXIT_NO_CUDA == 2
+    lines = [line for line in (completed.stdout + completed.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert "no CUDA device is visible" in lines[0]
+    for checked in ("fp16", "bf16", "NCCL", "SyncBatchNorm", "resume", "pointrend_r101_voc", "1024x2048"):
+        assert checked in lines[0]
+    assert elapsed < 30
+
+
+def test_table_aligns_columns_and_shows_pass_fail_skip() -> None:
+    results = [
+        CheckResult("train --amp fp16 (GradScaler)", True, 14.25, "6 iterations, loss 2.1"),
+        CheckResult("train --amp bf16", True, 0.0, "skipped: GPU has no bf16"),
+        CheckResult("resume", False, 123.0, "resumed run: RuntimeError: boom\n  second line"),
+    ]
+    lines = gpu_check.format_table(results).splitlines()
+    assert len(lines) == 4
+    assert lines[0].split() == ["step", "result", "seconds", "detail"]
+    assert [r.status for r in results] == ["pass", "skip", "FAIL"]
+    # every row's result, seconds and detail columns start where the header's do
+    for column in ("result", "detail"):
+        at = lines[0].index(column)
+        assert all(line[at - 2 : at] == "  " and line[at] != " " for line in lines[1:])
+    seconds_end = lines[0].index("seconds") + len("seconds")
+    assert [line[:seconds_end].split()[-1] for line in lines[1:]] == ["14.2", "0.0", "123.0"]
+    assert lines[3].endswith("resumed run: RuntimeError: boom second line")  # one line per step
+    assert gpu_check.summary_line(results, 140.2) == "3 steps: 1 passed, 1 failed, 1 skipped in 140 s - 1 FAILED"
+    assert gpu_check.summary_line(results[:2], 3).endswith("all passed")
+
+
+def test_check_result_is_frozen() -> None:
+    result = CheckResult("x", True, 1.0, "ok")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.passed = False  # type: ignore[misc]
+
+
+def test_error_line_picks_the_exception_of_a_failed_process() -> None:
+    traceback_output = (
+        "train demo: 6 iterations\nTraceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
+        "    raise ValueError('x')\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n"
+    )
+    assert gpu_check.error_line(traceback_output) == "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    torchrun_output = (
+        "[rank0]: Traceback (most recent call last):\n[rank0]:   File \"gpu_check.py\", line 3\n"
+        "[rank0]: torch.distributed.DistBackendError: NCCL error in: ProcessGroupNCCL.cpp:1\n"
+        "E0101 12:00:00.000 1 api.py:1] failed (exitcode: 1) local_rank: 0 (pid: 1) of binary: python\n"
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n"
+        "  error_file: <N/A>\n  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html\n"
+    )
+    assert gpu_check.error_line(torchrun_output) == "torch.distributed.DistBackendError: NCCL error in: ProcessGroupNCCL.cpp:1"
+    assert gpu_check.error_line("error: device 'cuda' requested but CUDA is not available\n") == (
+        "error: device 'cuda' requested but CUDA is not available")
+    assert gpu_check.error_line("first\nlast words\n\n") == "last words"
+    assert gpu_check.error_line("") == "(no output)"
+    assert len(gpu_check.error_line("RuntimeError: " + "x" * 1000)) == 300
+
+
+def test_parse_records_reads_marker_lines_with_or_without_rank_prefix() -> None:
+    output = f"noise\n{gpu_check.MARKER}{{\"a\": 1}}\n[rank0]:{gpu_check.MARKER}{{\"b\": [2]}}\n"
+    assert gpu_check.parse_records(output) == [{"a": 1}, {"b": [2]}]
+
+
+def test_throughput_follows_the_protocol_on_cpu() -> None:
+    from pointrend_core import build_model, get_row
+
+    torch.manual_seed(0)
+    model = build_model("demo").eval()
+    result = gpu_check.measure_throughput(model, (32, 48), device="cpu", images=3, warmup=1)
+    assert result.timed_images == 2  # the warm-up image is not counted
+    assert result.images_per_second == pytest.approx(2 / result.timed_seconds)
+    assert result.peak_memory_mib is None  # CUDA only
+    assert result.logits_shape == (1, get_row("demo").model.num_classes, 32, 48)
+    bf16 = gpu_check.measure_throughput(model, (32, 48), device="cpu", images=2, warmup=1, precision="bf16")
+    assert bf16.timed_images == 1 and bf16.images_per_second > 0
+    with pytest.raises(ValueError, match="warm-up"):
+        gpu_check.measure_throughput(model, (32, 48), device="cpu", images=1, warmup=1)
+    with pytest.raises(ValueError, match="precision"):
+        gpu_check.measure_throughput(model, (32, 48), device="cpu", images=2, warmup=1, precision="fp8")
+    detail = gpu_check.throughput_detail({"images_per_second": 12.345, "timed_images": 195, "warmup": 5,
+                                          "peak_memory_mib": 1234.4})
+    assert detail == "12.35 img/s (195 timed after 5 warm-up), peak 1234 MiB"
+
+
+def test_images_must_exceed_the_warmup() -> None:
+    with pytest.raises(SystemExit):
+        gpu_check.parse_args(["--images", str(gpu_check.WARMUP)])
+    assert gpu_check.parse_args([]).images == 200
+
+
+def test_convert_sync_batchnorm_is_found() -> None:
+    convert = gpu_check.import_convert_sync_batchnorm()
+    model, converted = convert(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)), torch.device("cpu"))
+    assert converted == 1 and "Sync" in type(model[1]).__name__
+
+
+def test_run_command_kills_a_command_at_its_timeout(tmp_path: Path) -> None:
+    start = time.perf_counter()
+    done = gpu_check.run_command([sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"],
+                                 timeout=1.5, log=tmp_path / "sleep.log")
+    assert time.perf_counter() - start < 20
+    assert done.returncode is None and not done.ok
+    assert "started" in done.output and "timed out" in gpu_check.error_line(done.output)
+    assert "time.sleep(60)" in (tmp_path / "sleep.log").read_text()
+
+
+def test_ddp_worker_runs_and_reports(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    # In this process as a world of one gloo process (the environment torchrun would set): two processes take
+    # over 10 s on two cores; `torchrun --nproc_per_node 2 benchmarks/gpu_check.py --ddp-worker --device cpu`
+    # runs the same code with two.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for name, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "1", "RANK": "0",
+                        "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    assert gpu_check.ddp_worker("cpu", size=32) == 0
+    assert not torch.distributed.is_initialized()  # the worker leaves no process group behind
+    (record,) = gpu_check.parse_records(capsys.readouterr().out)
+    assert record["ok"] and record["identical"] and record["finite"]
+    assert record["world_size"] == 1 and record["synced_layers"] > 0 and record["sync_type"] == "CPUSyncBatchNorm"
+    assert len(record["losses"]) == gpu_check.DDP_STEPS and len(record["checksums"]) == 1
+    detail = gpu_check.ddp_detail(record)
+    assert detail.startswith("1 process(es), ") and "identical on all ranks" in detail
+    assert detail.endswith("(1 process: torch's SyncBatchNorm uses its local kernel)")
