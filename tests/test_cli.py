@@ -128,6 +128,7 @@ def test_make_demo_data_train_and_evaluate(tmp_path: Path, capsys: pytest.Captur
     assert 0 <= run["metrics"]["refined"]["mIoU"] <= 100
 
 
+@pytest.mark.slow
 def test_a_bad_image_in_a_loader_worker_ends_the_run_at_once_with_its_message(tmp_path: Path) -> None:
     """With loader workers (the default) a decoding error used to leave the process waiting on its workers
     for ever; it must end like with --workers 0: one line naming the file, exit 1, no traceback."""

@@ -55,6 +55,7 @@ def _torchrun(args: list[str], cwd: Path, timeout: float = 400) -> subprocess.Co
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_cpu_sync_batchnorm_equals_batchnorm_over_the_whole_batch(tmp_path: Path) -> None:
     script = tmp_path / "sync_bn.py"
     script.write_text(_SYNC_BN_SCRIPT)
@@ -88,6 +89,7 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_demo_dataset(tmp_path_factory.mktemp("demo") / "demo", num_images=12, size=64)
 
 
+@pytest.mark.slow
 def test_torchrun_trains_with_ddp_and_sync_batchnorm_writing_from_rank_zero(demo_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     completed = _torchrun(

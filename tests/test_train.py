@@ -257,6 +257,7 @@ def _losses(path: Path) -> list[tuple[int, float, float]]:
     return [(r["iteration"], r["loss_aux"], r["loss_point"]) for r in _read_jsonl(path)]
 
 
+@pytest.mark.slow
 def test_killed_or_terminated_runs_resume_to_bit_identical_weights(voc_root: Path, tmp_path: Path) -> None:
     reference, killed, terminated = tmp_path / "reference", tmp_path / "killed", tmp_path / "terminated"
     # Two workers: one killed with SIGKILL after its first checkpoint, one sent SIGTERM once it has taken a

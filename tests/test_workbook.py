@@ -265,6 +265,7 @@ def _figures(html: str) -> int:
     return len(re.findall(r'<img [^>]*src="data:image/png;base64,', html))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_batch_every_row_ok(batch) -> None:
     statuses, runs, _ = batch
@@ -282,6 +283,7 @@ def test_batch_every_row_ok(batch) -> None:
         assert run["config"]["model"]["depth"] == 101
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("row", list(ROWS))
 def test_batch_row_reports(batch, row: str) -> None:
     _, _, reports = batch
@@ -307,6 +309,7 @@ def _fetched_urls(html: str) -> list[str]:
         r'url\(["\']?((?:https?:)?//[^)"\']*)', html)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("row", ["demo", "pointrend_r101_voc"])
 def test_batch_reports_read_as_reports(batch, row: str) -> None:
     _, _, reports = batch
@@ -326,6 +329,7 @@ def test_batch_reports_read_as_reports(batch, row: str) -> None:
     assert 'data-mime-type="application/vnd.jupyter.stderr"' not in html
 
 
+@pytest.mark.slow
 def test_batch_results_and_index(batch) -> None:
     statuses, runs, reports = batch
     results = (reports / "results.html").read_text()
@@ -492,6 +496,7 @@ def test_run_streaming_echoes_and_reports_failures(capsys) -> None:
         run_streaming([sys.executable, "-c", "import sys; print('a'); print('b'); print('c'); sys.exit(3)"], keep=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGHUP"])
 def test_a_stopped_runner_shuts_its_kernel_down(tmp_path: Path, signal_name: str) -> None:
     """Killing `workbook run` (a `kill`, a closed terminal) used to leave the notebook's kernel running, still
