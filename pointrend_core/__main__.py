@@ -18,23 +18,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from pointrend_core.config import RowConfig, default_run_dir, get_row
-from pointrend_core.data.datasets import (
-    ADE20kSegmentation,
-    CityscapesSegmentation,
-    FolderSegmentation,
-    SegmentationDataset,
-    VOCSegmentation,
-)
+from pointrend_core.config import DATASETS, RowConfig, default_run_dir, get_row, on_dataset
 from pointrend_core.data.demo import make_demo_dataset
 from pointrend_core.data.validate import check_dataset
 from pointrend_core.data.voc_aug import prepare_voc_aug
 from pointrend_core.engine.distributed import launched_rank, start_processes, stop_processes
-from pointrend_core.engine.evaluate import evaluate_run
+from pointrend_core.engine.evaluate import default_evaluation_folder, evaluate_run
+from pointrend_core.engine.run_folder import run_folder_lock
 from pointrend_core.engine.records import RUN_FILE
 from pointrend_core.engine.train import NonFiniteLossError, TrainingInterrupted, TrainOptions, train
 
@@ -67,12 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a table row (under torchrun: one process per device)")
     _row_arguments(train)
-    train.add_argument("--checkpoint", type=Path, help="initial weights for the whole model (ignored with --resume)")
+    train.add_argument("--checkpoint", type=Path, help="initial weights for the whole model, strictly (ignored with --resume)")
+    train.add_argument("--init-checkpoint", type=Path, metavar="FILE",
+                       help="fine-tune from a model of other classes: matching weights loaded, classifiers re-initialised")
     train.add_argument("--pretrained-backbone", type=Path, help="ImageNet ResNet-v1c weights for the backbone")
     train.add_argument("--out", "--out-dir", dest="out", type=Path, help="run folder (default runs/<config>)")
     train.add_argument("--max-iters", type=_positive_int, help="stop after N iterations (default: the row's epochs)")
     train.add_argument("--checkpoint-every", type=_positive_int, help="iterations between checkpoints (default: one epoch)")
     train.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint_last.pth if it exists")
+    train.add_argument("--overwrite", action="store_true", help="start afresh in a folder holding an earlier run, deleting it")
     train.add_argument("--seed", type=_non_negative_int, default=0)
     train.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     train.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="mixed precision (fp16: CUDA only)")
@@ -88,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint; writes <out>/run.json")
     _row_arguments(evaluate)
     evaluate.add_argument("--checkpoint", type=Path, required=True, help="weights to evaluate")
-    evaluate.add_argument("--out", "--out-dir", dest="out", type=Path, help="folder of run.json (default: the checkpoint's)")
+    evaluate.add_argument("--out", "--out-dir", dest="out", type=Path,
+                          help="folder of run.json (default: the checkpoint's, or a sub-folder of it when its run.json "
+                               "records another evaluation)")
     evaluate.add_argument("--split", help="dataset split (default: the row's validation split)")
     evaluate.add_argument("--max-images", type=_positive_int, help="evaluate the first N images only")
     evaluate.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
@@ -113,14 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _row_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="table row name, e.g. pointrend_r50_voc or demo")
+    parser.add_argument("--dataset", choices=tuple(DATASETS),
+                        help="run the row's recipe on this dataset (default: the row's own); the classes come from "
+                             "the dataset (classes.txt for a folder) and the heads are sized to them")
     parser.add_argument("--data-root", type=Path, help="dataset root (default: the row's default_root)")
-
-
-DATASETS: dict[str, type[SegmentationDataset]] = {
-    "voc": VOCSegmentation, "ade20k": ADE20kSegmentation, "cityscapes": CityscapesSegmentation,
-    "folder": FolderSegmentation,
-}
-"""The on-disk layouts the CLI reads, by the name `--dataset` takes."""
 
 
 def resolve_row(parser: argparse.ArgumentParser, args: argparse.Namespace) -> RowConfig:
@@ -133,7 +129,7 @@ def resolve_row(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Ro
         row = replace(row, schedule=replace(row.schedule, batch_size=args.batch_size))
     if getattr(args, "crop", None) is not None:
         row = replace(row, data=replace(row.data, crop_size=tuple(args.crop)))
-    return row
+    return on_dataset(row, args.dataset, args.data_root)
 
 
 def run_train(row: RowConfig, args: argparse.Namespace) -> int:
@@ -147,6 +143,8 @@ def run_train(row: RowConfig, args: argparse.Namespace) -> int:
         channels_last=args.channels_last,
         workers=args.workers,
         init_checkpoint=args.checkpoint,
+        finetune_checkpoint=args.init_checkpoint,
+        overwrite=args.overwrite,
         pretrained_backbone=args.pretrained_backbone,
         log_every=args.log_every,
         evaluate=args.evaluate,
@@ -166,10 +164,11 @@ def run_train(row: RowConfig, args: argparse.Namespace) -> int:
 
 def run_evaluate(row: RowConfig, args: argparse.Namespace) -> int:
     processes = start_processes(args.device)
-    out = args.out or args.checkpoint.parent
+    out = args.out or default_evaluation_folder(row, args.checkpoint, args.data_root, args.split, args.max_images)
     try:
-        record = evaluate_run(row, args.checkpoint, args.data_root, out, device=processes.device, split=args.split,
-                              max_images=args.max_images, progress=not args.no_progress)
+        with run_folder_lock(out) if processes.is_main else nullcontext():
+            record = evaluate_run(row, args.checkpoint, args.data_root, out, device=processes.device,
+                                  split=args.split, max_images=args.max_images, progress=not args.no_progress)
     finally:
         stop_processes(processes)
     if processes.is_main:

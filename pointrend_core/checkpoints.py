@@ -120,6 +120,40 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, map_location: str
     return obj
 
 
+# Layers sized by the class count: the two classifiers, and every point-head layer (each one takes the coarse
+# logits, one channel per class, beside its input).
+_CLASS_DEPENDENT = re.compile(r"^(auxiliary_decoder\.1\.|decoder\.1\.|fcs\.\d+\.0\.weight$)")
+
+
+def load_for_finetuning(model: nn.Module, path: str | os.PathLike) -> list[tuple[str, str]]:
+    """Start `model` from a checkpoint trained on other classes: every entry whose name and shape match is
+    loaded; the class-dependent layers that do not match keep their fresh initialisation, and so does the
+    BatchNorm right after a re-initialised point-head layer (its statistics describe the old layer's output).
+
+    Returns (key, reason) for every entry left re-initialised. Anything else that does not fit (another
+    depth, missing or unexpected keys, a mis-shaped layer that does not depend on the classes) raises
+    `CheckpointError` as a strict load would: that file is not this network.
+    """
+    model = getattr(model, "module", model)
+    found = extract_state_dict(read_checkpoint(path), path)
+    if is_backbone_only(found):
+        raise CheckpointError(f"{path} holds backbone weights only; pass it as --pretrained-backbone")
+    expected = model.state_dict()
+    reinitialised: list[tuple[str, str]] = []
+    for key, value in expected.items():
+        if key in found and found[key].shape != value.shape and _CLASS_DEPENDENT.match(key):
+            reinitialised.append((key, f"one entry per class: shape {tuple(found[key].shape)} in the file, "
+                                       f"{tuple(value.shape)} for {model.num_classes} classes here"))
+    for key, _ in list(reinitialised):
+        if key.startswith("fcs.") and key.endswith(".0.weight"):
+            norm = key.removesuffix("0.weight") + "1."
+            reinitialised += [(k, f"BatchNorm after the re-initialised {key}") for k in expected if k.startswith(norm)]
+    keep = {key for key, _ in reinitialised}
+    kept_fresh = {k: v for k, v in expected.items() if k in keep}
+    load_strict(model, {**{k: v for k, v in found.items() if k not in keep}, **kept_fresh}, path, what="model")
+    return reinitialised
+
+
 def load_strict(module: nn.Module, state_dict: dict[str, Tensor], path: str | os.PathLike, what: str) -> None:
     """`module.load_state_dict(state_dict)` after checking every key and shape, with an explanatory error."""
     expected = module.state_dict()

@@ -17,6 +17,7 @@ from pointrend_core.data.datasets import (
     ADE20kSegmentation,
     CityscapesSegmentation,
     DemoShapes,
+    FolderSegmentation,
     SegmentationDataset,
     VOCSegmentation,
 )
@@ -108,6 +109,8 @@ class RowConfig:
     """File name of the released sssegmentation checkpoint."""
     pretrained_backbone: str | None = None
     """File name of the ImageNet ResNet-v1c weights the recipe starts from (supplied by the user)."""
+    recipe: str | None = None
+    """For a row made by `on_dataset`: the table row whose recipe it runs on another dataset (None: a table row)."""
 
     def __post_init__(self) -> None:
         classes = getattr(self.data.dataset, "CLASSES", None)
@@ -212,6 +215,58 @@ ROWS: dict[str, RowConfig] = {
 """The six model-zoo rows plus `demo`, by name."""
 
 
+DATASETS: dict[str, type[SegmentationDataset]] = {
+    "voc": VOCSegmentation,
+    "ade20k": ADE20kSegmentation,
+    "cityscapes": CityscapesSegmentation,
+    "demo": DemoShapes,
+    "folder": FolderSegmentation,
+}
+"""The on-disk layouts a row can run on, by the name `--dataset` takes."""
+
+_DATASET_DATA = {"voc": _voc_data, "ade20k": _ade20k_data, "cityscapes": _cityscapes_data}
+
+
+def on_dataset(row: RowConfig, dataset: str | None, data_root: str | os.PathLike | None = None) -> RowConfig:
+    """`row`'s recipe (network, schedule, crop and scales, points, evaluation) on another dataset.
+
+    The dataset supplies the classes and the heads are sized to them: a fixed list for voc / ade20k /
+    cityscapes / demo, `data_root/classes.txt` for a folder (which therefore needs `data_root`). Splits are
+    the dataset's usual ones (VOC: trainaug / val; the others, folders included: train / val). The new row is
+    named `<row>_<dataset>` (`<row>_<folder name>` for a folder) so that its runs, reports and table line
+    stand beside the table rows; it has no published mIoU. `dataset` None, or the row's own, returns `row`.
+    """
+    if dataset is None:
+        return row
+    try:
+        dataset_cls = DATASETS[dataset]
+    except KeyError:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of: {', '.join(DATASETS)}") from None
+    if dataset_cls is row.data.dataset:
+        return row
+    if dataset == "folder":
+        if data_root is None:
+            raise ValueError("dataset 'folder' needs a data root (--data-root PATH): the folder holding images/, "
+                             "masks/ and classes.txt")
+        root = Path(data_root)
+        classes, default_root, tag = FolderSegmentation.class_names(root), str(root), root.resolve().name
+        train_split, val_split = "train", "val"
+    else:
+        base = _DATASET_DATA[dataset]() if dataset in _DATASET_DATA else DEMO.data
+        classes, default_root, tag = base.dataset.CLASSES, base.default_root, dataset
+        train_split, val_split = base.train_split, base.val_split
+    return replace(
+        row,
+        name=f"{row.name}_{tag}",
+        model=replace(row.model, num_classes=len(classes)),
+        data=replace(row.data, dataset=dataset_cls, default_root=default_root, train_split=train_split,
+                     val_split=val_split),
+        published_miou=None,
+        release_file=None,
+        recipe=row.recipe or row.name,
+    )
+
+
 RUNS_DIR = Path("runs")
 """Where runs go unless told otherwise: one folder per run, `runs/<run name>`."""
 
@@ -239,6 +294,8 @@ __all__ = [
     "ROWS",
     "DEMO",
     "get_row",
+    "DATASETS",
+    "on_dataset",
     "RUNS_DIR",
     "default_run_dir",
     "replace",

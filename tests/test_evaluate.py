@@ -302,7 +302,8 @@ def _no_nan_constant(token: str) -> None:
 def test_evaluate_run_writes_run_json(tmp_path: Path, fake_transforms: object, monkeypatch: pytest.MonkeyPatch) -> None:
     loaded: list[tuple[nn.Module, object]] = []
     monkeypatch.setattr(evaluate_module, "load_checkpoint", lambda model, path: loaded.append((model, path)) or {})
-    (tmp_path / "train.json").write_text(json.dumps({"iterations": 12, "wall_seconds": 3.5}))
+    (tmp_path / "train.json").write_text(
+        json.dumps({"iterations": 12, "wall_seconds": 3.5, "checkpoint": str(tmp_path / "ckpt.pth")}))
     model = Oracle4Fake()
     row = _tiny_row()
 
@@ -338,6 +339,27 @@ def test_evaluate_run_writes_run_json(tmp_path: Path, fake_transforms: object, m
     assert not list(tmp_path.glob(".run.json.*"))  # no temporary left behind
 
 
+def test_every_evaluation_keeps_its_own_record(tmp_path: Path, fake_transforms: object, monkeypatch) -> None:
+    monkeypatch.setattr(evaluate_module, "load_checkpoint", lambda model, path: {})
+    (tmp_path / "train.json").write_text(json.dumps({"iterations": 12, "checkpoint": str(tmp_path / "final.pth")}))
+    row = _tiny_row()
+    # The run's own final checkpoint: its training summary is merged.
+    record = evaluate_run(row, tmp_path / "final.pth", None, tmp_path, model=Oracle4Fake(), progress=False)
+    assert record.training is not None and record.training.iterations == 12
+    again = evaluate_run(row, tmp_path / "final.pth", None, tmp_path, model=Oracle4Fake(), progress=False)
+    assert again.checkpoint == record.checkpoint  # the same evaluation refreshes its own record
+    # Another checkpoint, split or image count never replaces it, and never claims that training.
+    for kwargs in ({"checkpoint": tmp_path / "other.pth"}, {"split": "train"}, {"max_images": 1}):
+        args = {"checkpoint": tmp_path / "final.pth", **kwargs}
+        with pytest.raises(ValueError, match=r"run\.json already records another evaluation .*pass another --out"):
+            evaluate_run(row, args.pop("checkpoint"), None, tmp_path, model=Oracle4Fake(), progress=False, **args)
+    other = evaluate_run(row, tmp_path / "other.pth", None, tmp_path / "elsewhere", model=Oracle4Fake(), progress=False)
+    assert other.training is None
+    assert evaluate_module.default_evaluation_folder(row, tmp_path / "final.pth", None, None, None) == tmp_path
+    assert evaluate_module.default_evaluation_folder(row, tmp_path / "other.pth", None, "val", 5) == (
+        tmp_path / "evaluations" / "other_tiny_val_first5")
+
+
 def test_evaluate_run_without_train_json_and_with_bad_one(tmp_path: Path, fake_transforms: object) -> None:
     row = replace(_tiny_row(), published_miou=None)
     record = evaluate_run(row, None, None, tmp_path, model=Oracle4Fake(), max_images=1, progress=False)
@@ -346,4 +368,4 @@ def test_evaluate_run_without_train_json_and_with_bad_one(tmp_path: Path, fake_t
     assert record.data.root == "data/tiny" and record.data.num_images == 1
     (tmp_path / "train.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"train\.json: not a valid JSON training summary"):
-        evaluate_run(row, None, None, tmp_path, model=Oracle4Fake(), progress=False)
+        evaluate_run(row, tmp_path / "ckpt.pth", None, tmp_path, model=Oracle4Fake(), progress=False)

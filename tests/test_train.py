@@ -22,6 +22,7 @@ from pointrend_core.config import DEMO, replace
 from pointrend_core.data.datasets import VOCSegmentation
 from synthetic_trees import write_voc_tree
 from pointrend_core.data.transforms import train_transforms
+from pointrend_core.engine.run_folder import LOCK_FILE
 from pointrend_core.engine.schedule import poly_lr
 from pointrend_core.engine.progress import read_progress
 from pointrend_core.data.loading import EpochSampler, SeededSamples
@@ -77,7 +78,7 @@ def short_run(voc_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_training_writes_checkpoints_metrics_and_summary(short_run: Path) -> None:
     out = short_run
-    assert sorted(p.name for p in out.iterdir()) == [
+    assert sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE) == [  # the run folder's lock stays
         "checkpoint_final.pth", "checkpoint_last.pth", "metrics.jsonl", "progress.json", "train.json"
     ]
     progress = read_progress(out)
@@ -296,7 +297,8 @@ def test_killed_or_terminated_runs_resume_to_bit_identical_weights(voc_root: Pat
         stopped_at = torch.load(out / "checkpoint_last.pth", weights_only=True)["iteration"]
         assert 1 <= stopped_at < 6
     # SIGTERM finishes cleanly: no half-written file (a SIGKILL may leave one; the resume removes it).
-    assert sorted(p.name for p in terminated.iterdir()) == ["checkpoint_last.pth", "metrics.jsonl", "progress.json"]
+    left = sorted(p.name for p in terminated.iterdir() if p.name != LOCK_FILE)
+    assert left == ["checkpoint_last.pth", "metrics.jsonl", "progress.json"]
 
     resumed = {name: _worker(voc_root, out, "resume", every) for name, out, every in
                (("killed", killed, 2), ("terminated", terminated, 100))}

@@ -538,3 +538,30 @@ def test_a_stopped_runner_shuts_its_kernel_down(tmp_path: Path, signal_name: str
     else:
         os.kill(kernel, signal.SIGKILL)
         pytest.fail(f"the kernel (pid {kernel}) outlived the runner")
+
+
+def test_run_rows_on_a_folder_dataset_names_the_run_after_row_and_folder(tmp_path: Path, fake_notebooks: Path) -> None:
+    from synthetic_trees import write_folder_tree
+
+    from pointrend_core.engine.run_folder import run_folder_lock
+
+    shapes = write_folder_tree(tmp_path / "my_shapes", num_images=2, splits={"train": [0], "val": [1]})
+    runs, reports = tmp_path / "runs", tmp_path / "reports"
+    statuses = run_rows(["demo"], dataset="folder", data_root=shapes, runs_dir=runs, reports_dir=reports,
+                        notebooks_dir=fake_notebooks, points=["demo"], progress=False)
+    assert list(statuses) == ["demo_my_shapes"] and statuses["demo_my_shapes"].ok
+    assert statuses["demo_my_shapes"].reports == ("demo_my_shapes.html", "demo_my_shapes_points.html")
+    assert (runs / "demo_my_shapes" / "run.json").is_file() and not (runs / "demo").exists()
+    assert "demo_my_shapes" in (reports / "index.html").read_text()
+    # A row whose folder another run holds fails with that message, without touching the folder.
+    with run_folder_lock(runs / "demo_my_shapes"):
+        import subprocess
+        import sys
+
+        code = (f"from pointrend_core.workbook.runner import run_rows\n"
+                f"s = run_rows(['demo'], dataset='folder', data_root={str(shapes)!r}, runs_dir={str(runs)!r}, "
+                f"reports_dir={str(reports)!r}, notebooks_dir={str(fake_notebooks)!r}, force=True, progress=False)\n"
+                "print(s['demo_my_shapes'].error)")
+        env = {k: v for k, v in __import__("os").environ.items() if k != "POINTREND_HELD_RUN_FOLDERS"}
+        printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout
+    assert f"run folder {runs / 'demo_my_shapes'} is in use by process" in printed

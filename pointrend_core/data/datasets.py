@@ -434,7 +434,8 @@ class CityscapesSegmentation(SegmentationDataset):
 
 
 class FolderSegmentation(SegmentationDataset):
-    """Custom data; root holds `images/<stem>.{jpg,jpeg,png}`, `masks/<stem>.png` and `classes.txt`.
+    """Custom data; root holds `images/<stem>.{jpg,jpeg,png,tif,tiff}` (8- or 16-bit, grey or RGB),
+    `masks/<stem>.png` and `classes.txt`.
 
     `classes.txt`: one class name per line, in index order. Masks hold class indices 0..K-1 and 255 for
     void. Split `s` lists stems in `splits/<s>.txt` when that file exists; split `all` (when there is no
@@ -442,10 +443,10 @@ class FolderSegmentation(SegmentationDataset):
     """
 
     LAYOUT = (
-        "a folder with images/<stem>.jpg|.jpeg|.png, masks/<stem>.png (class indices, 255 = void), "
+        "a folder with images/<stem>.jpg|.jpeg|.png|.tif|.tiff, masks/<stem>.png (class indices, 255 = void), "
         "classes.txt (one class name per line) and optionally splits/<split>.txt"
     )
-    IMAGE_EXTS: ClassVar[tuple[str, ...]] = (".jpg", ".jpeg", ".png")
+    IMAGE_EXTS: ClassVar[tuple[str, ...]] = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
     ALL: ClassVar[str] = "all"
 
     @classmethod
@@ -455,7 +456,12 @@ class FolderSegmentation(SegmentationDataset):
         return found + ([cls.ALL] if cls.ALL not in found else [])
 
     def _read_classes(self) -> tuple[str, ...]:
-        path = self.root / "classes.txt"
+        return self.class_names(self.root)
+
+    @classmethod
+    def class_names(cls, root: str | Path) -> tuple[str, ...]:
+        """The names in `root/classes.txt`, in index order (what sizes the heads of a run on this folder)."""
+        path = Path(root) / "classes.txt"
         if not path.is_file():
             raise FileNotFoundError(f"class list {path} does not exist; expected one class name per line")
         names = tuple(_read_split_file(path))

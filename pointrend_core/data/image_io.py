@@ -18,29 +18,64 @@ from torchvision.io import ImageReadMode, decode_image
 from pointrend_core.labels import IGNORE_INDEX
 
 
-def read_image(path: str | Path) -> torch.Tensor:
-    """Decode an image file into uint8 (3, H, W) RGB.
+TIFF_SUFFIXES = (".tif", ".tiff")
 
-    torchvision's decoder is used first because it is about 2.5x faster than PIL on JPEG (the loader's hot
-    path); it is deprecated from torchvision 0.29 on, so its warning is silenced here and PIL is the fallback
-    for formats or builds it does not handle. Raises FileNotFoundError for a missing file and ValueError
-    naming the file for a corrupt or truncated one.
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """Decode an image file (JPEG, PNG, TIFF; 8- or 16-bit; grey, RGB or with alpha) into uint8 (3, H, W) RGB.
+
+    Grey images are repeated over the three channels and alpha is dropped. 16-bit images are scaled to 8
+    bits over their full range (round(v * 255 / 65535)), the usual convention; the network's normalisation
+    expects 0..255. JPEG and PNG go through torchvision's decoder (about 2.5x faster than PIL on JPEG, the
+    loader's hot path; deprecated from torchvision 0.29 on, so its warning is silenced), TIFF through
+    tifffile (PIL reads no 16-bit RGB TIFF), anything else through PIL. Raises FileNotFoundError for a
+    missing file and ValueError naming the file for a corrupt, truncated or unsupported one.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file {path} does not exist")
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        return _read_tiff(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            return decode_image(str(path), mode=ImageReadMode.RGB)
+            return _to_uint8(decode_image(str(path), mode=ImageReadMode.RGB), path)
     except (RuntimeError, ValueError):
         pass
     try:
         with PILImage.open(path) as im:
             rgb = np.array(im.convert("RGB"))
     except (OSError, ValueError, SyntaxError) as e:
-        raise ValueError(f"cannot decode image {path} ({e}); expected a complete JPEG or PNG file") from None
+        raise ValueError(f"cannot decode image {path} ({e}); expected a complete JPEG or PNG file (or a TIFF)") from None
     return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+
+
+def _read_tiff(path: Path) -> torch.Tensor:
+    import tifffile  # here: only folders of TIFF images need it, and it takes a while to import
+
+    try:
+        array = tifffile.imread(path)
+    except Exception as e:  # tifffile raises many kinds (TiffFileError, ValueError, struct.error, ...)
+        raise ValueError(f"cannot decode image {path} ({e}); expected a complete TIFF file") from None
+    if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[-1] not in (3, 4):
+        array = np.moveaxis(array, 0, -1)  # planar (C, H, W) storage
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):
+        raise ValueError(f"image {path} has shape {array.shape}; expected a grey or RGB(A) image (H, W[, C])")
+    channels = array[..., :1].repeat(3, -1) if array.shape[-1] <= 2 else array[..., :3]
+    image = torch.from_numpy(np.ascontiguousarray(channels).astype(np.int32 if array.dtype == np.uint16 else array.dtype))
+    return _to_uint8(image.permute(2, 0, 1).contiguous(), path, bits=16 if array.dtype == np.uint16 else 8)
+
+
+def _to_uint8(image: torch.Tensor, path: Path, bits: int | None = None) -> torch.Tensor:
+    """(3, H, W) uint8 from a decoder's uint8 or 16-bit output (full-range scaling); other types are refused."""
+    if image.dtype == torch.uint8 and bits in (None, 8):
+        return image
+    if image.dtype == torch.uint16 or bits == 16:
+        wide = image.to(torch.int32)
+        return ((wide * 255 + 32767) // 65535).to(torch.uint8)
+    raise ValueError(f"image {path} holds {image.dtype} samples; expected 8- or 16-bit integers")
 
 
 def read_label_png(path: str | Path) -> np.ndarray:

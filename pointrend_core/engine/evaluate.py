@@ -42,6 +42,7 @@ from pointrend_core.engine.records import (
     config_json,
     environment,
 )
+from pointrend_core.engine.state import LAST_CHECKPOINT
 from pointrend_core.labels import IGNORE_INDEX
 from pointrend_core.model import Subdivision, build_model
 
@@ -304,14 +305,43 @@ def _output_metrics(metrics: SegmentationMetrics, boundary: BoundaryMetrics, cla
     )
 
 
-def _read_training_summary(out_dir: Path) -> TrainRecord | None:
+def _training_of(out_dir: Path, checkpoint: str | Path | None) -> TrainRecord | None:
+    """out_dir/train.json when it describes the training that produced `checkpoint` (its final checkpoint, or
+    the last one of the same folder), else None: a record never claims another checkpoint's training."""
     path = out_dir / TRAIN_FILE
-    if not path.exists():
+    if not path.exists() or checkpoint is None:
         return None
     try:
-        return TrainRecord.read(path)
+        training = TrainRecord.read(path)
     except ValueError as err:
         raise ValueError(f"{path}: not a valid JSON training summary ({err}); fix or remove it") from None
+    if training.checkpoint is None:
+        return None
+    final = Path(training.checkpoint).resolve()
+    return training if Path(checkpoint).resolve() in (final, final.with_name(LAST_CHECKPOINT)) else None
+
+
+def _evaluation_key(checkpoint: str | None, dataset: str | None, root: str | None, split: str | None,
+                    max_images: int | None) -> tuple:
+    return (str(Path(checkpoint).resolve()) if checkpoint else None, dataset,
+            str(Path(root).resolve()) if root else None, split, max_images)
+
+
+def _refuse_replacing_another_evaluation(path: Path, key: tuple) -> None:
+    """Each evaluation keeps its own record: an existing run.json of another checkpoint, dataset, split or
+    image count is never replaced (re-running the same evaluation refreshes it)."""
+    if not path.is_file():
+        return
+    try:
+        old = RunRecord.read(path)
+    except ValueError:
+        return  # not a record of ours: replacing it loses nothing
+    old_key = _evaluation_key(old.checkpoint, old.data.dataset, old.data.root, old.data.split, old.data.max_images)
+    if old_key != key:
+        raise ValueError(
+            f"{path} already records another evaluation (checkpoint {old.checkpoint}, {old.data.dataset} "
+            f"{old.data.split} at {old.data.root}); pass another --out (each evaluation keeps its own folder)"
+        )
 
 
 def _class_names(dataset: Dataset, row: RowConfig, num_classes: int) -> list[str]:
@@ -323,6 +353,23 @@ def _class_names(dataset: Dataset, row: RowConfig, num_classes: int) -> list[str
             f"dataset {type(dataset).__name__} has {len(names)} classes but the model predicts {num_classes}"
         )
     return list(names)
+
+
+def default_evaluation_folder(
+    row: RowConfig, checkpoint: str | Path, data_root: str | Path | None, split: str | None, max_images: int | None
+) -> Path:
+    """Where `evaluate` writes when given no folder: the checkpoint's own folder, unless its run.json records
+    another evaluation; then `<that folder>/evaluations/<checkpoint stem>_<row>_<split>[_first<N>]`."""
+    checkpoint = Path(checkpoint)
+    split = split or row.data.val_split
+    key = _evaluation_key(str(checkpoint), row.data.dataset.__name__, str(row.data.resolve_root(data_root)), split,
+                          max_images)
+    try:
+        _refuse_replacing_another_evaluation(checkpoint.parent / RUN_FILE, key)
+        return checkpoint.parent
+    except ValueError:
+        suffix = f"_first{max_images}" if max_images is not None else ""
+        return checkpoint.parent / "evaluations" / f"{checkpoint.stem}_{row.name}_{split}{suffix}"
 
 
 def evaluate_run(
@@ -345,13 +392,18 @@ def evaluate_run(
     `load_checkpoint` (None evaluates the weights as they are). The dataset is
     `row.data.dataset(data_root or row.data.default_root, split or row.data.val_split,
     transforms=eval_transforms(row.data))`. The record's `training` is out_dir/train.json when there is one
-    (`engine.records` describes every field); every metric is a percentage (0-100).
+    (`engine.records` describes every field) when that summary is of `checkpoint`; every metric is a
+    percentage (0-100). An existing out_dir/run.json of another evaluation is never replaced (ValueError).
     """
     out_dir = Path(out_dir)
-    training = _read_training_summary(out_dir)  # fail before a long evaluation, not after
+    training = _training_of(out_dir, checkpoint)  # fail before a long evaluation, not after
     root = row.data.resolve_root(data_root)
     split = split or row.data.val_split
     num_classes = row.model.num_classes
+    key = _evaluation_key(str(checkpoint) if checkpoint is not None else None, row.data.dataset.__name__, str(root),
+                          split, max_images)
+    if rank_and_world_size()[0] == 0:
+        _refuse_replacing_another_evaluation(out_dir / RUN_FILE, key)
 
     dataset = row.data.dataset(root, split, transforms=eval_transforms(row.data))
     classes = _class_names(dataset, row, num_classes)
@@ -403,4 +455,4 @@ def evaluate_run(
     return record
 
 
-__all__ = ["predict", "slide_windows", "evaluate", "EvalResult", "evaluate_run"]
+__all__ = ["predict", "slide_windows", "evaluate", "EvalResult", "evaluate_run", "default_evaluation_folder"]

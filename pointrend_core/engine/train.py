@@ -33,6 +33,7 @@ import signal
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -43,7 +44,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from pointrend_core.checkpoints import load_checkpoint
+from pointrend_core.checkpoints import load_checkpoint, load_for_finetuning
 from pointrend_core.config import RowConfig
 from pointrend_core.data.loading import (
     EpochSampler,
@@ -66,6 +67,7 @@ from pointrend_core.engine.evaluate import evaluate_run
 from pointrend_core.engine.precision import Amp, amp_dtype, autocast
 from pointrend_core.engine.progress import PROGRESS_FILE, TrainProgress
 from pointrend_core.engine.records import RUN_FILE, TRAIN_FILE, TrainRecord, config_json, environment
+from pointrend_core.engine.run_folder import run_folder_lock
 from pointrend_core.engine.schedule import iters_per_epoch, poly_lr
 from pointrend_core.engine.state import (
     FINAL_CHECKPOINT,
@@ -89,6 +91,8 @@ class TrainOptions:
     """Write checkpoint_last.pth every N steps; None = once per epoch, as the reference."""
     resume: bool = False
     """Continue from out_dir/checkpoint_last.pth when it exists (a fresh start otherwise)."""
+    overwrite: bool = False
+    """Start afresh in a folder that holds an earlier run, deleting it; without it (or `resume`) that is refused."""
     seed: int = 0
     device: str = "auto"
     """"auto" (CUDA when available), "cpu", "cuda" or "cuda:N"; under torchrun CUDA means cuda:LOCAL_RANK."""
@@ -98,7 +102,11 @@ class TrainOptions:
     workers: int | None = None
     """Loader workers per process; None = the row's `schedule.workers_per_process`."""
     init_checkpoint: str | os.PathLike | None = None
-    """Initial weights for the whole model (any file `load_checkpoint` accepts); ignored when resuming."""
+    """Initial weights for the whole model, loaded strictly (any file `load_checkpoint` accepts); ignored when
+    resuming."""
+    finetune_checkpoint: str | os.PathLike | None = None
+    """Initial weights from a model trained on other classes (`load_for_finetuning`: the class-dependent layers
+    start afresh); ignored when resuming."""
     pretrained_backbone: str | os.PathLike | None = None
     """ImageNet ResNet-v1c weights for the backbone (the recipe's start); ignored when resuming."""
     log_every: int = 20
@@ -154,7 +162,9 @@ def train(
     """
     processes = start_processes(options.device)
     try:
-        return _train(row, row.data.resolve_root(data_root), Path(out_dir), options, processes, model)
+        # Rank 0 holds the folder for the whole run; the other processes are its own.
+        with run_folder_lock(out_dir) if processes.is_main else nullcontext():
+            return _train(row, row.data.resolve_root(data_root), Path(out_dir), options, processes, model)
     finally:
         stop_processes(processes)
 
@@ -202,6 +212,8 @@ def _train(
         raise ValueError("amp 'fp16' needs CUDA (it uses a GradScaler); on CPU use 'bf16' or 'none'")
     per_process_batch = _per_process_batch(row, processes)
     resumed = _state_to_resume(out_dir, row, options, processes, per_process_batch)
+    if resumed is None and not options.resume and not options.overwrite:
+        _refuse_earlier_run(out_dir)
     seed = resumed.sampler_seed if resumed is not None else options.seed  # the data order depends on it
 
     # Data
@@ -388,6 +400,19 @@ def _state_to_resume(
     return state
 
 
+def _earlier_run_files(out_dir: Path) -> list[Path]:
+    names = (LAST_CHECKPOINT, FINAL_CHECKPOINT, TRAIN_FILE, RUN_FILE, METRICS_FILE)
+    found = [out_dir / name for name in names if (out_dir / name).is_file()]
+    return [p for p in found if p.name != METRICS_FILE or p.stat().st_size > 0]
+
+
+def _refuse_earlier_run(out_dir: Path) -> None:
+    found = _earlier_run_files(out_dir)
+    if found:
+        raise ValueError(f"{out_dir} holds an earlier run ({', '.join(p.name for p in found)}); pass --resume to "
+                         "continue it, --overwrite to replace it, or another --out")
+
+
 def _prepare_model(
     model: nn.Module | None, row: RowConfig, options: TrainOptions, processes: Processes, resumed: TrainState | None
 ) -> tuple[nn.Module, int]:
@@ -401,7 +426,12 @@ def _prepare_model(
         for path in (options.pretrained_backbone, options.init_checkpoint):
             if path is not None:
                 load_checkpoint(model, path)
-        if options.pretrained_backbone is None and options.init_checkpoint is None and row.pretrained_backbone:
+        if options.finetune_checkpoint is not None:
+            fresh = load_for_finetuning(model, options.finetune_checkpoint)
+            _log(processes, f"init: {options.finetune_checkpoint}: every entry loaded except {len(fresh)} re-initialised"
+                            + "".join(f"\n  {key}: {reason}" for key, reason in fresh))
+        started = (options.pretrained_backbone, options.init_checkpoint, options.finetune_checkpoint)
+        if all(path is None for path in started) and row.pretrained_backbone:
             _log(processes, f"note: the recipe starts from ImageNet weights ({row.pretrained_backbone}); "
                             "training from random initialisation (pass --pretrained-backbone FILE)")
     device = processes.device
@@ -440,12 +470,13 @@ def _restore(run: _Run, state: TrainState, optimizer: torch.optim.Optimizer, sca
 def _start_fresh(run: _Run) -> None:
     if not run.processes.is_main:
         return
-    if run.last_path.exists() or run.metrics_path.exists():
-        _log(run.processes, f"note: {run.out_dir} holds an earlier run; it is overwritten "
-                            "(pass --resume to continue it)")
+    earlier = _earlier_run_files(run.out_dir)
+    if earlier:  # only with overwrite (or resume without a checkpoint): _train refused otherwise
+        _log(run.processes, f"overwrite: {run.out_dir}: deleting the earlier run's {', '.join(p.name for p in earlier)}")
+    for path in earlier:
+        path.unlink()
+    shutil.rmtree(run.out_dir / "eval", ignore_errors=True)  # its evaluations during training
     atomic_write_text(run.metrics_path, "")
-    run.final_path.unlink(missing_ok=True)
-    (run.out_dir / TRAIN_FILE).unlink(missing_ok=True)
 
 
 def _remove_stale_temporaries(out_dir: Path) -> None:

@@ -14,6 +14,7 @@ finished before (run.json present and status ok) is skipped unless `force`.
     python -m pointrend_core.workbook run --rows all --released-dir checkpoints/   # evaluate the released files
     python -m pointrend_core.workbook run --rows pointrend_r50_voc,pointrend_r101_voc --data-root /data/voc
     python -m pointrend_core.workbook run --rows all --data-root pointrend_r50_voc=/data/voc ...
+    python -m pointrend_core.workbook run --rows demo --dataset folder --data-root /data/my_shapes   # own data
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ import papermill
 from papermill.exceptions import PapermillExecutionError
 from traitlets.config import Config
 
-from pointrend_core.config import ROWS, RUNS_DIR, get_row
+from pointrend_core.config import DATASETS, ROWS, RUNS_DIR, RowConfig, get_row, on_dataset
+from pointrend_core.data.datasets import DemoShapes
 from pointrend_core.data.demo import make_demo_dataset
 from pointrend_core.engine.records import RUN_FILE
+from pointrend_core.engine.run_folder import RunFolderBusy, run_folder_lock
 from pointrend_core.workbook.html import render_html, write_index_html
 from pointrend_core.workbook.notebook_progress import CELL_REPORTING_ENGINE, NotebookProgress
 from pointrend_core.workbook.status import RowStatus, read_status
@@ -95,11 +98,11 @@ def parse_data_roots(items: Sequence[str]) -> Path | dict[str, Path] | None:
     return roots
 
 
-def data_root_for(row: str, data_root: Path | Mapping[str, Path] | str | None) -> Path:
-    """The data root of `row`: the given one (a single path or this row's entry), else the row's default."""
+def data_root_for(row: str, data_root: Path | Mapping[str, Path] | str | None) -> Path | None:
+    """The data root given for `row` (a single path or this row's entry), else None (the row's default)."""
     if isinstance(data_root, Mapping):
         data_root = data_root.get(row)
-    return get_row(row).data.resolve_root(data_root)
+    return Path(data_root) if data_root is not None else None
 
 
 def declared_parameters(notebook: Path) -> set[str]:
@@ -159,20 +162,31 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _ensure_demo_data(row: str, root: Path) -> None:
-    """The demo row generates its dataset on first use; other rows need the real data (the dataset class
-    reports a missing root with the layout it expects)."""
-    if row == "demo" and not root.exists():
+def _ensure_demo_data(row: RowConfig, root: Path) -> None:
+    """The demo data is generated on first use; other datasets must be in place (the dataset class reports a
+    missing root with the layout it expects)."""
+    if row.data.dataset is DemoShapes and not root.exists():
         make_demo_dataset(root)
 
 
 def run_row(
-    row: str, data_root: Path, out_dir: Path, reports_dir: Path, jobs: Sequence[tuple[Path, str, Mapping[str, Any]]],
-    *, progress: bool = True,
+    row: RowConfig, data_root: Path, out_dir: Path, reports_dir: Path,
+    jobs: Sequence[tuple[Path, str, Mapping[str, Any]]], *, progress: bool = True,
 ) -> RowStatus:
     """Execute the row's notebooks in order (`jobs`: notebook, report file name, parameters), stopping at the
-    first failure, and record the outcome in out_dir/status.json. A failure is returned, not raised.
-    `progress` draws a terminal bar per notebook (`NotebookProgress`)."""
+    first failure, and record the outcome in out_dir/status.json. A failure is returned, not raised; so is a
+    run folder that another run holds (`RunFolderBusy`). `progress` draws a terminal bar per notebook."""
+    try:
+        with run_folder_lock(out_dir):
+            return _run_row(row, data_root, out_dir, reports_dir, jobs, progress)
+    except RunFolderBusy as busy:
+        return RowStatus(row=row.name, ok=False, error=str(busy), finished=_now())
+
+
+def _run_row(
+    row: RowConfig, data_root: Path, out_dir: Path, reports_dir: Path,
+    jobs: Sequence[tuple[Path, str, Mapping[str, Any]]], progress: bool,
+) -> RowStatus:
     started = time.perf_counter()
     for _, html_name, _ in jobs:  # reports of an earlier run of this row must not pass for this run's
         (reports_dir / html_name).unlink(missing_ok=True)
@@ -182,13 +196,13 @@ def run_row(
         _ensure_demo_data(row, data_root)
         for notebook, html_name, parameters in jobs:
             step = notebook.name
-            with NotebookProgress(row, notebook, out_dir, enabled=progress) as bar:
-                execute(notebook, out_dir / notebook.name, parameters, reports_dir / html_name, row=row,
+            with NotebookProgress(row.name, notebook, out_dir, enabled=progress) as bar:
+                execute(notebook, out_dir / notebook.name, parameters, reports_dir / html_name, row=row.name,
                         progress=bar)
     except Exception as err:  # a row's failure is its status, not the batch's end
         error = _error_message(step, err)
     status = RowStatus(
-        row=row,
+        row=row.name,
         ok=error is None,
         error=error,
         seconds=round(time.perf_counter() - started, 1),
@@ -221,10 +235,14 @@ def run_rows(
     released_dir: str | os.PathLike | None = None,
     notebooks_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    dataset: str | None = None,
 ) -> dict[str, RowStatus]:
     """Run every row in `rows` (names from ROWS) and write the results report and reports/index.html.
 
     `data_root` is one path for every row, a {row: path} mapping, or None for each row's default root.
+    `dataset` runs each row's recipe on that dataset instead (`config.on_dataset`): the run, its reports and
+    its status are named `<row>_<dataset>` (`<row>_<folder name>`). A row that did not finish before
+    continues its earlier run (resume); `force` starts it afresh (overwrite).
     `max_iters`, `device` and `extra_params` (any parameter the notebooks declare, e.g. crop_size,
     batch_size, gpus, checkpoint) are injected into the notebooks; a parameter no notebook declares is an
     error. `points` says for which rows the point-selection notebook runs: all (True), none (False) or the
@@ -250,38 +268,39 @@ def run_rows(
             f"unknown notebook parameter(s) {', '.join(unknown)}; the notebooks declare: "
             f"{', '.join(sorted(set().union(*declared.values())))}"
         )
-    for row in rows:
-        get_row(row)
+    configs = {row: on_dataset(get_row(row), dataset, data_root_for(row, data_root)) for row in rows}
 
     statuses: dict[str, RowStatus] = {}
-    for row in rows:
-        out_dir = runs_dir / row
+    for row, cfg in configs.items():
+        name, out_dir = cfg.name, runs_dir / cfg.name
         previous = None if force else is_finished(out_dir)
         if previous is not None:
-            statuses[row] = replace(previous, skipped=True)
-            print(f"[workbook] {row}: finished before, skipped (use --force to re-run)", flush=True)
+            statuses[name] = replace(previous, skipped=True)
+            print(f"[workbook] {name}: finished before, skipped (use --force to re-run)", flush=True)
             continue
-        root = data_root_for(row, data_root)
-        release_file = get_row(row).release_file
+        root = cfg.data.resolve_root(data_root_for(row, data_root))
         row_parameters = dict(parameters)
-        if released_dir is not None and release_file is not None:
-            row_parameters["checkpoint"] = str(Path(released_dir, release_file).resolve())
+        if released_dir is not None and cfg.release_file is not None:
+            row_parameters["checkpoint"] = str(Path(released_dir, cfg.release_file).resolve())
         row_parameters |= {
             "config": row,
+            "dataset": dataset,
             "data_root": str(root.resolve()),
             "out_dir": str(out_dir.resolve()),
+            "resume": not force,
+            "overwrite": force,
         }
-        wanted = [(TRAIN_EVALUATE, f"{row}.html")]
-        if points if isinstance(points, bool) else row in points:
-            wanted.append((POINT_SELECTION, f"{row}_points.html"))
+        wanted = [(TRAIN_EVALUATE, f"{name}.html")]
+        if points if isinstance(points, bool) else row in points or name in points:
+            wanted.append((POINT_SELECTION, f"{name}_points.html"))
         jobs = [
-            (notebooks_dir / name, html_name, {k: v for k, v in row_parameters.items() if k in declared[name]})
-            for name, html_name in wanted
+            (notebooks_dir / notebook, html_name, {k: v for k, v in row_parameters.items() if k in declared[notebook]})
+            for notebook, html_name in wanted
         ]
-        print(f"[workbook] {row}: running", flush=True)
-        status = statuses[row] = run_row(row, root, out_dir, reports_dir, jobs, progress=progress)
+        print(f"[workbook] {name}: running", flush=True)
+        status = statuses[name] = run_row(cfg, root, out_dir, reports_dir, jobs, progress=progress)
         outcome = "ok" if status.ok else f"FAILED: {status.error}"
-        print(f"[workbook] {row}: {outcome} ({status.seconds} s)", flush=True)
+        print(f"[workbook] {name}: {outcome} ({status.seconds} s)", flush=True)
 
     try:
         with NotebookProgress("all rows", notebooks_dir / RESULTS, runs_dir, enabled=progress) as bar:
@@ -319,6 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--data-root", action="append", default=[], metavar="PATH|ROW=PATH",
         help="data root for every row, or ROW=PATH (repeatable); default: each row's default_root",
     )
+    run.add_argument("--dataset", choices=tuple(DATASETS),
+                     help="run each row's recipe on this dataset (a folder needs --data-root); runs are named <row>_<dataset>")
     run.add_argument("--runs-dir", default=str(RUNS_DIR))
     run.add_argument("--reports-dir", default="reports")
     run.add_argument(
@@ -353,6 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             points=not args.no_points,
             released_dir=args.released_dir,
             notebooks_dir=args.notebooks_dir,
+            dataset=args.dataset,
         )
     except (ValueError, KeyError, FileNotFoundError) as err:
         parser.error(err.args[0] if isinstance(err, KeyError) else str(err))  # KeyError's str() adds quotes

@@ -21,13 +21,14 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from pointrend_core.config import ROWS, RowConfig
+from pointrend_core.config import DATASETS, ROWS, RowConfig
 from pointrend_core.engine.records import RunRecord, TrainRecord
 
 NOT_RUN = "not run"
 
 RUN_COLUMNS = [
     "row",
+    "dataset",
     "run_dir",
     "published_miou",
     "miou_refined",
@@ -78,6 +79,7 @@ def run_summary(run: RunRecord, path: str | os.PathLike) -> dict[str, Any]:
     refined, coarse, training = run.metrics.refined, run.metrics.coarse, run.training or TrainRecord()
     return {
         "row": run.row,
+        "dataset": dataset_label(run.data.dataset, run.data.root),
         "run_dir": str(Path(path).parent),
         "published_miou": _score(run.published_mIoU),
         "miou_refined": _score(refined.mIoU),
@@ -92,6 +94,13 @@ def run_summary(run: RunRecord, path: str | os.PathLike) -> dict[str, Any]:
         "val_images": run.data.dataset_size,
         "finished": run.environment.get("date"),
     }
+
+
+def dataset_label(class_name: str | None, root: str | None = None) -> str:
+    """'voc', 'cityscapes', ... by the `--dataset` name of a dataset class; a folder as 'folder (<its name>)'."""
+    names = {cls.__name__: name for name, cls in DATASETS.items()}
+    label = names.get(class_name or "", class_name or "—")
+    return f"folder ({Path(root).name})" if label == "folder" and root else label
 
 
 def _record(run: RunRecord | Mapping[str, Any]) -> RunRecord:
@@ -254,6 +263,8 @@ def _source(run: pd.Series) -> str:
         source = f"checkpoint {Path(str(run['checkpoint'])).name}"
     else:
         source = "untrained weights"
+    if run["row"] not in ROWS:  # a row's recipe on another dataset: say which
+        source += f"; on {run['dataset']}"
     evaluated, available = run["eval_images"], run["val_images"]
     if not pd.isna(evaluated) and not pd.isna(available) and evaluated < available:
         source += f"; {int(evaluated)} of {int(available)} val images"
@@ -272,15 +283,19 @@ def _pick_run(runs: pd.DataFrame, row: str) -> pd.Series | None:
 
 
 def results_table(runs_dir: str | os.PathLike) -> pd.DataFrame:
-    """The model-zoo table: index = every `ROWS` name in order, columns `TABLE_COLUMNS`.
+    """The model-zoo table: index = every `ROWS` name in order, then every other row that has a run (a row's
+    recipe on another dataset, `config.on_dataset`), columns `TABLE_COLUMNS`.
 
     Measured cells are floats rounded to 2 decimals (percent), or NOT_RUN when the row has no run.json.
-    The difference is reproduced (refined) minus published mIoU; "—" where nothing was published (demo).
+    The difference is reproduced (refined) minus published mIoU; "—" where nothing was published (demo,
+    other datasets).
     """
     runs = collect_runs(runs_dir)
     lines = {}
-    for name, cfg in ROWS.items():
-        published = "—" if cfg.published_miou is None else cfg.published_miou
+    others = sorted(set(runs["row"]) - set(ROWS))
+    for name in [*ROWS, *others]:
+        cfg = ROWS.get(name)
+        published = "—" if cfg is None or cfg.published_miou is None else cfg.published_miou
         run = _pick_run(runs, name)
         if run is None:
             lines[name] = [published] + [NOT_RUN] * (len(TABLE_COLUMNS) - 1)
@@ -288,7 +303,7 @@ def results_table(runs_dir: str | os.PathLike) -> pd.DataFrame:
         lines[name] = [
             published,
             round(run["miou_refined"], 2),
-            "—" if cfg.published_miou is None else round(run["miou_refined"] - cfg.published_miou, 2),
+            "—" if published == "—" else round(run["miou_refined"] - published, 2),
             round(run["miou_coarse"], 2),
             round(run["boundary_iou_refined"], 2),
             round(run["boundary_iou_coarse"], 2),

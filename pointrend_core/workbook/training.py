@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
-from pointrend_core.config import RowConfig, get_row
+from pointrend_core.config import DATASETS, RowConfig, get_row, on_dataset
 from pointrend_core.engine.evaluate import evaluate_run
 from pointrend_core.engine.records import RunRecord
 from pointrend_core.engine.state import FINAL_CHECKPOINT
@@ -39,12 +39,15 @@ def project_dir(start: str | os.PathLike | None = None) -> Path:
 def configure_row(
     config: str,
     *,
+    dataset: str | None = None,
+    data_root: str | os.PathLike | None = None,
     crop_size: Sequence[int] | None = None,
     base_size: Sequence[int] | None = None,
     batch_size: int | None = None,
 ) -> RowConfig:
     """The row `config` with optional overrides (None keeps the recipe's value).
 
+    `dataset` runs the row's recipe on another dataset (`config.on_dataset`; a folder needs `data_root`).
     crop_size (h, w) of training crops, base_size (long, short) the images are resized to fit (at scale 1.0 in
     training, and at test time), batch_size the total training batch. They exist for smoke tests and small
     machines; a run with overrides is not the recipe, and its run.json records the overridden config.
@@ -58,7 +61,7 @@ def configure_row(
     schedule = row.schedule
     if batch_size is not None:
         schedule = replace(schedule, batch_size=_positive("batch_size", batch_size))
-    return replace(row, data=data, schedule=schedule)
+    return on_dataset(replace(row, data=data, schedule=schedule), dataset, data_root)
 
 
 def _pair(name: str, value: Sequence[int]) -> tuple[int, int]:
@@ -85,13 +88,18 @@ def distributed_command(
     device: str,
     workers: int | None = None,
     pretrained_backbone: str | os.PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
 ) -> list[str]:
     """`python -m torch.distributed.run --nproc_per_node=<gpus> -m pointrend_core train ...` for this row.
 
     The CLI rebuilds the row from its name plus --crop and --batch-size; any other override (base_size) cannot
     be passed on and is refused rather than silently training the unmodified recipe.
     """
-    recipe = get_row(row.name)
+    recipe = get_row(row.recipe or row.name)
+    dataset = next((name for name, cls in DATASETS.items() if cls is row.data.dataset), None)
+    if row.recipe is not None:
+        recipe = on_dataset(recipe, dataset, data_root)
     passable = replace(
         recipe,
         data=replace(recipe.data, crop_size=row.data.crop_size),
@@ -104,10 +112,11 @@ def distributed_command(
         )
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
-        "-m", "pointrend_core", "train", "--config", row.name, "--out-dir", str(out_dir),
+        "-m", "pointrend_core", "train", "--config", row.recipe or row.name, "--out-dir", str(out_dir),
         "--seed", str(seed), "--device", device, "--no-progress",
     ]
     optional = {
+        "--dataset": dataset if row.recipe is not None else None,
         "--data-root": data_root,
         "--max-iters": max_iters,
         "--workers": workers,
@@ -117,6 +126,7 @@ def distributed_command(
     for flag, value in optional.items():
         if value is not None:
             command += [flag, str(value)]
+    command += (["--resume"] if resume else []) + (["--overwrite"] if overwrite else [])
     if row.data.crop_size != recipe.data.crop_size:
         command += ["--crop", *map(str, row.data.crop_size)]
     return command
@@ -148,8 +158,11 @@ def train_row(
     device: str = "cpu",
     workers: int | None = None,
     pretrained_backbone: str | os.PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Train `row` into `out_dir`; returns the final checkpoint. gpus > 1 launches one process per GPU.
+    `resume` continues an earlier run in `out_dir`, `overwrite` replaces it (`TrainOptions`).
 
     `workers` data-loader processes per training process (None: the row's), `pretrained_backbone` the
     ImageNet ResNet-v1c file the recipe starts from (None: random initialisation, with a note in the log).
@@ -158,12 +171,13 @@ def train_row(
     if gpus > 1:
         command = distributed_command(
             row, data_root, out_dir, gpus, max_iters=max_iters, seed=seed, device=device, workers=workers,
-            pretrained_backbone=pretrained_backbone,
+            pretrained_backbone=pretrained_backbone, resume=resume, overwrite=overwrite,
         )
         run_streaming(command)
         return out_dir / FINAL_CHECKPOINT
     options = TrainOptions(
         max_iters=max_iters, seed=seed, device=device, workers=workers, pretrained_backbone=pretrained_backbone,
+        resume=resume, overwrite=overwrite,
         progress=False,  # a notebook keeps every bar refresh as output; metrics.jsonl has the numbers
     )
     return Path(train(row, data_root, out_dir, options))
@@ -192,6 +206,8 @@ def train_and_evaluate(
     workers: int | None = None,
     pretrained_backbone: str | os.PathLike | None = None,
     max_eval_images: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
 ) -> RowRun:
     """Train (unless `checkpoint` is given: then that checkpoint is evaluated), evaluate refined and coarse
     outputs on the validation split (the first `max_eval_images` only, when given) and write out_dir/run.json.
@@ -199,7 +215,7 @@ def train_and_evaluate(
     if checkpoint is None:
         checkpoint = train_row(
             row, data_root, out_dir, max_iters=max_iters, gpus=gpus, seed=seed, device=device, workers=workers,
-            pretrained_backbone=pretrained_backbone,
+            pretrained_backbone=pretrained_backbone, resume=resume, overwrite=overwrite,
         )
     model = build_model(row)
     record = evaluate_run(
