@@ -142,6 +142,25 @@ def test_multi_scale_runs_each_scale_and_flip() -> None:
         torch.testing.assert_close(a, b)  # a constant image gives the same logits at every scale
 
 
+def test_multi_scale_rescales_as_the_reference() -> None:
+    """sssegmentation rescales each pass with F.interpolate(scale_factor=s): floor of the size, sampled at the
+    scale itself. At 301 x 423 and s = 0.75 (225.75 x 317.25) rounding would give 226 x 317 and another grid."""
+    model = Conv1x1Fake().eval()
+    image = torch.randn(1, 3, 301, 423, generator=torch.Generator().manual_seed(0))
+    refined, coarse = predict(model, image, (301, 423), EvalConfig(scales=(0.75,)))
+    assert model.calls == [(225, 317)]
+    scaled = F.interpolate(image, scale_factor=0.75, mode="bilinear", align_corners=False)
+    expected = model(scaled)
+    # The same kernels on both sides in one process: the merged logits are the reference's computation.
+    torch.testing.assert_close(refined, F.interpolate(expected.logits, size=(301, 423), mode="bilinear",
+                                                      align_corners=False), rtol=0, atol=0)
+    torch.testing.assert_close(coarse, F.interpolate(expected.coarse_logits, size=(301, 423), mode="bilinear",
+                                                     align_corners=False), rtol=0, atol=0)
+    rounded = F.interpolate(image, size=(226, 317), mode="bilinear", align_corners=False)
+    assert not torch.allclose(F.interpolate(model(rounded).logits, size=(301, 423), mode="bilinear",
+                                            align_corners=False), refined, atol=1e-3)  # the size matters
+
+
 def test_predict_bad_inputs_and_amp() -> None:
     model = Conv1x1Fake().eval()
     with pytest.raises(ValueError, match=r"one float image \(1, 3, H, W\)"):

@@ -86,8 +86,16 @@ def _resize(logits: Tensor, size: Sequence[int]) -> Tensor:
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
-def _scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
-    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+def _rescale(image: Tensor, scale: float) -> Tensor:
+    """The reference's multi-scale input: `F.interpolate(scale_factor=scale)`, bilinear, align_corners=False.
+
+    The output size is floor(scale * size) and the bilinear sampling uses `scale` itself, not output/input
+    size: at 301 x 423 and scale 0.75 that is 225 x 317 sampled at 1 / 0.75, where rounding the size would
+    give 226 x 317 and another grid (recipe §8). Scale 1 leaves the image untouched.
+    """
+    if scale == 1.0:
+        return image
+    return F.interpolate(image, scale_factor=scale, mode="bilinear", align_corners=False)
 
 
 def _forward(
@@ -143,8 +151,8 @@ def predict(
 ) -> tuple[Tensor, Tensor]:
     """Refined and coarse logits (1, C, H, W) for one normalised image (1, 3, H', W'), at `out_size` (H, W).
 
-    For each scale s in `eval_cfg.scales` the image is resized bilinearly to int(s * (H', W') + 0.5) (s = 1 is
-    left untouched); with `eval_cfg.flip` it is also run mirrored (the output is mirrored back). Each pass is
+    For each scale s in `eval_cfg.scales` the image is rescaled as the reference does (`_rescale`:
+    floor(s * (H', W')), sampled at 1 / s; s = 1 is left untouched); with `eval_cfg.flip` it is also run mirrored (the output is mirrored back). Each pass is
     'whole' (one forward, logits kept at the model's resolution) or 'slide' (windows `slide_crop` every
     `slide_stride`, averaged where they overlap). Each pass's refined and coarse logits are resized
     bilinearly straight to (H, W) and the passes are averaged as LOGITS, not probabilities: the reference's
@@ -165,7 +173,7 @@ def predict(
     for scale in eval_cfg.scales:
         if scale <= 0:
             raise ValueError(f"eval scales must be positive, got {scale}")
-        scaled = _resize(image, _scaled_size(image.shape[-2], image.shape[-1], scale))
+        scaled = _rescale(image, scale)
         for flip in (False, True) if eval_cfg.flip else (False,):
             x = scaled.flip(-1) if flip else scaled
             if eval_cfg.mode == "slide":
