@@ -1,0 +1,63 @@
+"""`TrainOptions`: how to run a row's recipe (the recipe itself is the row): length, checkpoints, resume,
+device and precision, loader workers, starting weights, logging and evaluation during training."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from pointrend_core.engine.precision import Amp, amp_dtype
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How to run a row's recipe (the recipe itself is the row). Paths may be str or Path."""
+
+    max_iters: int | None = None
+    """Stop after this many steps instead of `epochs * iters_per_epoch`; the poly schedule decays over it."""
+    checkpoint_every: int | None = None
+    """Write checkpoint_last.pth every N steps; None = once per epoch, as the reference."""
+    resume: bool = False
+    """Continue from out_dir/checkpoint_last.pth when it exists (a fresh start otherwise)."""
+    overwrite: bool = False
+    """Start afresh in a folder that holds an earlier run, deleting it; without it (or `resume`) that is refused."""
+    seed: int = 0
+    device: str = "auto"
+    """"auto" (CUDA when available), "cpu", "cuda" or "cuda:N"; under torchrun CUDA means cuda:LOCAL_RANK."""
+    amp: Amp = "none"
+    """Autocast dtype: bf16 on CPU or CUDA; fp16 (with a GradScaler) on CUDA only."""
+    channels_last: bool = False
+    workers: int | None = None
+    """Loader workers per process; None = the row's `schedule.workers_per_process`."""
+    init_checkpoint: str | os.PathLike | None = None
+    """Initial weights for the whole model, loaded strictly (any file `load_checkpoint` accepts); ignored when
+    resuming."""
+    finetune_checkpoint: str | os.PathLike | None = None
+    """Initial weights from a model trained on other classes (`load_for_finetuning`: the class-dependent layers
+    start afresh); ignored when resuming."""
+    pretrained_backbone: str | os.PathLike | None = None
+    """ImageNet ResNet-v1c weights for the backbone (the recipe's start); ignored when resuming."""
+    log_every: int = 20
+    """Steps between metrics.jsonl records (each holds the mean losses of its window)."""
+    evaluate: bool = False
+    """Evaluate every `schedule.eval_every_epochs` epochs (into out_dir/eval/epoch_NNN) and at the end (run.json)."""
+    eval_max_images: int | None = None
+    progress: bool = True
+    """Show the tqdm bar (rank 0)."""
+
+    def __post_init__(self) -> None:
+        amp_dtype(self.amp)  # a clear error for an unknown value
+        for name in ("max_iters", "checkpoint_every", "log_every"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers!r}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Primitive values only (paths as str), as stored in checkpoints and train.json."""
+        return {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in dataclasses.asdict(self).items()}
