@@ -104,6 +104,7 @@ class SegmentationDataset(Dataset):
     CLASSES: ClassVar[tuple[str, ...] | None] = None
     PALETTE: ClassVar[np.ndarray | None] = None
     LAYOUT: ClassVar[str] = ""
+    _identity_lut: tuple[np.ndarray, str] | None = None
 
     def __init__(self, root: str | Path, split: str, transforms: Transforms | None = None) -> None:
         self.root = Path(root)
@@ -187,13 +188,24 @@ class SegmentationDataset(Dataset):
     def load_raw(self, i: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         """(image uint8 (3, H, W), mask uint8 (H, W)) without transforms; checks that the sizes agree."""
         image, mask = self.load_image(i), self.load_mask(i)
-        if tuple(image.shape[-2:]) != tuple(mask.shape):
-            (h, w), (mh, mw) = image.shape[-2:], mask.shape
-            raise ValueError(
-                f"mask {self.mask_path(i)} is {mw}x{mh} (WxH) but image {self.image_path(i)} is {w}x{h}; "
-                "expected a mask of the same size as its image"
-            )
+        mismatch = self.size_mismatch(i, image, mask)
+        if mismatch is not None:
+            raise ValueError(mismatch)
         return image, mask
+
+    def size_mismatch(self, i: int, image: torch.Tensor, mask: torch.Tensor) -> str | None:
+        """The problem when image (3, H, W) and mask (H', W') of item `i` differ in size, else None."""
+        if tuple(image.shape[-2:]) == tuple(mask.shape):
+            return None
+        (h, w), (mh, mw) = image.shape[-2:], mask.shape
+        return (f"mask {self.mask_path(i)} is {mw}x{mh} (WxH) but image {self.image_path(i)} is {w}x{h}; "
+                "expected a mask of the same size as its image")
+
+    def _identity_label_lut(self, expected: str) -> tuple[np.ndarray, str]:
+        """For masks that hold the class indices themselves (0..K-1, 255 void): one table for every mask."""
+        if self._identity_lut is None:
+            self._identity_lut = label_lut({c: c for c in range(self.num_classes)}, void=[IGNORE_INDEX]), expected
+        return self._identity_lut
 
     def __getitem__(self, i: int) -> Any:
         image, mask = self.load_raw(i)
@@ -226,7 +238,6 @@ class VOCSegmentation(SegmentationDataset):
         "ImageSets/Segmentation/<split>.txt"
     )
     IMAGE_EXT: ClassVar[str] = ".jpg"
-    _identity_lut: tuple[np.ndarray, str] | None = None
 
     @classmethod
     def splits_on_disk(cls, root: str | Path) -> list[str]:
@@ -266,12 +277,7 @@ class VOCSegmentation(SegmentationDataset):
         return self._mask_dir / f"{self.ids[i]}.png"
 
     def _label_lut(self, mask_path: Path) -> tuple[np.ndarray, str]:
-        if self._identity_lut is None:  # the same table for every mask: build it once
-            k = self.num_classes
-            self._identity_lut = label_lut({c: c for c in range(k)}, void=[IGNORE_INDEX]), (
-                f"neither a class index 0..{k - 1} nor the void value 255"
-            )
-        return self._identity_lut
+        return self._identity_label_lut(f"neither a class index 0..{self.num_classes - 1} nor the void value 255")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -504,9 +510,8 @@ class FolderSegmentation(SegmentationDataset):
         return super()._missing(kind, path, i)
 
     def _label_lut(self, mask_path: Path) -> tuple[np.ndarray, str]:
-        k = self.num_classes
-        return label_lut({c: c for c in range(k)}, void=[IGNORE_INDEX]), (
-            f"neither a class index 0..{k - 1} (classes.txt) nor the void value 255"
+        return self._identity_label_lut(
+            f"neither a class index 0..{self.num_classes - 1} (classes.txt) nor the void value 255"
         )
 
 

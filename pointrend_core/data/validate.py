@@ -29,12 +29,10 @@ def check_sample(dataset: SegmentationDataset, i: int) -> list[str]:
         mask = dataset.load_mask(i)
     except (OSError, ValueError) as e:
         problems.append(str(e))
-    if image is not None and mask is not None and tuple(image.shape[-2:]) != tuple(mask.shape):
-        (h, w), (mh, mw) = image.shape[-2:], mask.shape
-        problems.append(
-            f"mask {dataset.mask_path(i)} is {mw}x{mh} (WxH) but image {dataset.image_path(i)} is {w}x{h}; "
-            "expected a mask of the same size as its image"
-        )
+    if image is not None and mask is not None:
+        mismatch = dataset.size_mismatch(i, image, mask)
+        if mismatch is not None:
+            problems.append(mismatch)
     return problems
 
 
