@@ -322,14 +322,15 @@ def test_evaluate_run_writes_run_json(tmp_path: Path, fake_transforms: object, m
     loaded: list[tuple[nn.Module, object]] = []
     monkeypatch.setattr(evaluate_module, "load_checkpoint", lambda model, path: loaded.append((model, path)) or {})
     (tmp_path / "train.json").write_text(
-        json.dumps({"iterations": 12, "wall_seconds": 3.5, "checkpoint": str(tmp_path / "ckpt.pth")}))
+        json.dumps({"iterations": 12, "wall_seconds": 3.5, "checkpoint": str(tmp_path / "checkpoint_final.pth")}))
     model = Oracle4Fake()
     row = _tiny_row()
 
-    record = evaluate_run(row, tmp_path / "ckpt.pth", tmp_path / "data", tmp_path, model=model, progress=False)
+    record = evaluate_run(row, tmp_path / "checkpoint_final.pth", tmp_path / "data", tmp_path, model=model,
+                          progress=False)
 
     assert TinyDataset.seen == (tmp_path / "data", "val", fake_transforms)
-    assert loaded == [(model, tmp_path / "ckpt.pth")]
+    assert loaded == [(model, str(tmp_path / "checkpoint_final.pth"))]
     on_disk = json.loads((tmp_path / "run.json").read_text(), parse_constant=_no_nan_constant)
     assert on_disk == record.to_json()
     assert set(on_disk) == {
@@ -339,7 +340,7 @@ def test_evaluate_run_writes_run_json(tmp_path: Path, fake_transforms: object, m
     assert on_disk["row"] == "tiny" and "percentage" in on_disk["units"]
     assert on_disk["config"]["data"]["dataset"] == "TinyDataset"
     assert on_disk["config"]["eval"]["mode"] == "whole"
-    assert on_disk["checkpoint"] == str(tmp_path / "ckpt.pth")
+    assert on_disk["checkpoint"] == str(tmp_path / "checkpoint_final.pth")
     assert on_disk["data"]["num_images"] == 2 and on_disk["data"]["split"] == "val"
     refined, coarse = on_disk["metrics"]["refined"], on_disk["metrics"]["coarse"]
     assert refined["mIoU"] == 100.0 and refined["boundary_mIoU"] == 100.0
@@ -360,31 +361,42 @@ def test_evaluate_run_writes_run_json(tmp_path: Path, fake_transforms: object, m
 
 def test_every_evaluation_keeps_its_own_record(tmp_path: Path, fake_transforms: object, monkeypatch) -> None:
     monkeypatch.setattr(evaluate_module, "load_checkpoint", lambda model, path: {})
-    (tmp_path / "train.json").write_text(json.dumps({"iterations": 12, "checkpoint": str(tmp_path / "final.pth")}))
+    (tmp_path / "train.json").write_text(json.dumps({"iterations": 12, "checkpoint": str(tmp_path / "checkpoint_final.pth")}))
     row = _tiny_row()
     # The run's own final checkpoint: its training summary is merged.
-    record = evaluate_run(row, tmp_path / "final.pth", None, tmp_path, model=Oracle4Fake(), progress=False)
+    record = evaluate_run(row, tmp_path / "checkpoint_final.pth", None, tmp_path, model=Oracle4Fake(), progress=False)
     assert record.training is not None and record.training.iterations == 12
-    again = evaluate_run(row, tmp_path / "final.pth", None, tmp_path, model=Oracle4Fake(), progress=False)
+    again = evaluate_run(row, tmp_path / "checkpoint_final.pth", None, tmp_path, model=Oracle4Fake(), progress=False)
     assert again.checkpoint == record.checkpoint  # the same evaluation refreshes its own record
     # Another checkpoint, split or image count never replaces it, and never claims that training.
     for kwargs in ({"checkpoint": tmp_path / "other.pth"}, {"split": "train"}, {"max_images": 1}):
-        args = {"checkpoint": tmp_path / "final.pth", **kwargs}
+        args = {"checkpoint": tmp_path / "checkpoint_final.pth", **kwargs}
         with pytest.raises(ValueError, match=r"run\.json already records another evaluation .*pass another --out"):
             evaluate_run(row, args.pop("checkpoint"), None, tmp_path, model=Oracle4Fake(), progress=False, **args)
+    # The last checkpoint, evaluated while the run was interrupted, gives way to the finished run's final one;
+    # it claims the training only when it holds the iteration that training ended at.
+    (tmp_path / "run.json").unlink()
+    monkeypatch.setattr(evaluate_module, "load_checkpoint", lambda model, path: {"iteration": 7})
+    last = evaluate_run(row, tmp_path / "checkpoint_last.pth", None, tmp_path, model=Oracle4Fake(), progress=False)
+    assert last.training is None  # iteration 7, the training ended at 12
+    monkeypatch.setattr(evaluate_module, "load_checkpoint", lambda model, path: {"iteration": 12})
+    final = evaluate_run(row, tmp_path / "checkpoint_final.pth", None, tmp_path, model=Oracle4Fake(), progress=False)
+    assert final.checkpoint == str(tmp_path / "checkpoint_final.pth") and final.training.iterations == 12
     other = evaluate_run(row, tmp_path / "other.pth", None, tmp_path / "elsewhere", model=Oracle4Fake(), progress=False)
     assert other.training is None
-    assert evaluate_module.default_evaluation_folder(row, tmp_path / "final.pth", None, None, None) == tmp_path
+    assert evaluate_module.default_evaluation_folder(row, tmp_path / "checkpoint_final.pth", None, None, None) == tmp_path
     assert evaluate_module.default_evaluation_folder(row, tmp_path / "other.pth", None, "val", 5) == (
         tmp_path / "evaluations" / "other_tiny_val_first5")
 
 
-def test_evaluate_run_without_train_json_and_with_bad_one(tmp_path: Path, fake_transforms: object) -> None:
+def test_evaluate_run_without_train_json_and_with_bad_one(tmp_path: Path, fake_transforms: object, monkeypatch) -> None:
     row = replace(_tiny_row(), published_miou=None)
     record = evaluate_run(row, None, None, tmp_path, model=Oracle4Fake(), max_images=1, progress=False)
     assert record.training is None and record.checkpoint is None
     assert record.delta_refined_minus_published_mIoU is None
     assert record.data.root == "data/tiny" and record.data.num_images == 1
+    (tmp_path / "run.json").unlink()  # that evaluation keeps its record otherwise
     (tmp_path / "train.json").write_text("{not json")
+    monkeypatch.setattr(evaluate_module, "load_checkpoint", lambda model, path: {})
     with pytest.raises(ValueError, match=r"train\.json: not a valid JSON training summary"):
-        evaluate_run(row, tmp_path / "ckpt.pth", None, tmp_path, model=Oracle4Fake(), progress=False)
+        evaluate_run(row, tmp_path / "checkpoint_final.pth", None, tmp_path, model=Oracle4Fake(), progress=False)

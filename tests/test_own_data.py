@@ -126,6 +126,11 @@ def test_one_run_per_folder(shapes: Path, tmp_path: Path, capsys) -> None:
     assert main([*args, "--overwrite"]) == 0
     assert "overwrite: " in capsys.readouterr().err
     assert json.loads((out / "train.json").read_text())["iterations"] == 2
+    # --resume with no checkpoint_last.pth to resume from never deletes a finished run.
+    (out / "checkpoint_last.pth").unlink()
+    assert main([*args, "--resume"]) == 1
+    assert f"error: {out} holds an earlier run (checkpoint_final.pth, train.json" in capsys.readouterr().err
+    assert (out / "checkpoint_final.pth").is_file()
 
 
 def test_evaluating_another_checkpoint_keeps_the_runs_own_record(shapes: Path, tmp_path: Path, capsys) -> None:

@@ -13,10 +13,11 @@ Units: `EvalResult` and `SegmentationMetrics` hold fractions in [0, 1]; `run.jso
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -42,7 +43,7 @@ from pointrend_core.engine.records import (
     config_json,
     environment,
 )
-from pointrend_core.engine.state import LAST_CHECKPOINT
+from pointrend_core.engine.state import FINAL_CHECKPOINT, LAST_CHECKPOINT
 from pointrend_core.labels import IGNORE_INDEX
 from pointrend_core.model import Subdivision, build_model
 
@@ -313,20 +314,26 @@ def _output_metrics(metrics: SegmentationMetrics, boundary: BoundaryMetrics, cla
     )
 
 
-def _training_of(out_dir: Path, checkpoint: str | Path | None) -> TrainRecord | None:
-    """out_dir/train.json when it describes the training that produced `checkpoint` (its final checkpoint, or
-    the last one of the same folder), else None: a record never claims another checkpoint's training."""
-    path = out_dir / TRAIN_FILE
-    if not path.exists() or checkpoint is None:
+def _read_training(path: Path) -> TrainRecord | None:
+    if not path.exists():
         return None
     try:
-        training = TrainRecord.read(path)
+        return TrainRecord.read(path)
     except ValueError as err:
         raise ValueError(f"{path}: not a valid JSON training summary ({err}); fix or remove it") from None
-    if training.checkpoint is None:
+
+
+def _training_of(checkpoint: str | Path, content: Mapping[str, Any]) -> TrainRecord | None:
+    """The train.json beside `checkpoint` when it describes the training that produced it, else None: a record
+    never claims another checkpoint's training. That is the folder's final checkpoint, or its last one when
+    that holds the same iteration (a run resumed for longer and stopped has a newer last checkpoint)."""
+    checkpoint = Path(checkpoint)
+    training = _read_training(checkpoint.parent / TRAIN_FILE)
+    if training is None or checkpoint.name not in (FINAL_CHECKPOINT, LAST_CHECKPOINT):
         return None
-    final = Path(training.checkpoint).resolve()
-    return training if Path(checkpoint).resolve() in (final, final.with_name(LAST_CHECKPOINT)) else None
+    if checkpoint.name == LAST_CHECKPOINT and content.get("iteration") != training.iterations:
+        return None
+    return training
 
 
 def _evaluation_key(checkpoint: str | None, dataset: str | None, root: str | None, split: str | None,
@@ -337,7 +344,9 @@ def _evaluation_key(checkpoint: str | None, dataset: str | None, root: str | Non
 
 def _refuse_replacing_another_evaluation(path: Path, key: tuple) -> None:
     """Each evaluation keeps its own record: an existing run.json of another checkpoint, dataset, split or
-    image count is never replaced (re-running the same evaluation refreshes it)."""
+    image count is never replaced (re-running the same evaluation refreshes it). One exception: the run's
+    final checkpoint may replace the record of another checkpoint of the same folder (e.g. checkpoint_last.pth
+    evaluated while the run was interrupted), which the finished run makes out of date."""
     if not path.is_file():
         return
     try:
@@ -345,6 +354,10 @@ def _refuse_replacing_another_evaluation(path: Path, key: tuple) -> None:
     except ValueError:
         return  # not a record of ours: replacing it loses nothing
     old_key = _evaluation_key(old.checkpoint, old.data.dataset, old.data.root, old.data.split, old.data.max_images)
+    new_checkpoint = Path(key[0]) if key[0] else None
+    if (new_checkpoint is not None and old.checkpoint and new_checkpoint.name == FINAL_CHECKPOINT
+            and Path(old.checkpoint).resolve().parent == new_checkpoint.parent and old_key[1:] == key[1:]):
+        return
     if old_key != key:
         raise ValueError(
             f"{path} already records another evaluation (checkpoint {old.checkpoint}, {old.data.dataset} "
@@ -393,6 +406,7 @@ def evaluate_run(
     amp_dtype: torch.dtype | None = None,
     workers: int = 0,
     progress: bool = True,
+    replace: bool = False,
 ) -> RunRecord:
     """Evaluate one table row and write `out_dir/run.json` (atomically, rank 0 only); returns its record.
 
@@ -401,24 +415,26 @@ def evaluate_run(
     `row.data.dataset(data_root or row.data.default_root, split or row.data.val_split,
     transforms=eval_transforms(row.data))`. The record's `training` is out_dir/train.json when there is one
     (`engine.records` describes every field) when that summary is of `checkpoint`; every metric is a
-    percentage (0-100). An existing out_dir/run.json of another evaluation is never replaced (ValueError).
+    percentage (0-100). An existing out_dir/run.json of another evaluation is never replaced (ValueError)
+    unless `replace` (the caller starts the folder afresh, e.g. the workbook's --force).
     """
     out_dir = Path(out_dir)
-    training = _training_of(out_dir, checkpoint)  # fail before a long evaluation, not after
+    if checkpoint is not None:
+        checkpoint = os.path.abspath(checkpoint)  # absolute: the record is read from other folders
     root = row.data.resolve_root(data_root)
     split = split or row.data.val_split
     num_classes = row.model.num_classes
     key = _evaluation_key(str(checkpoint) if checkpoint is not None else None, row.data.dataset.__name__, str(root),
                           split, max_images)
-    if rank_and_world_size()[0] == 0:
+    if rank_and_world_size()[0] == 0 and not replace:
         _refuse_replacing_another_evaluation(out_dir / RUN_FILE, key)
 
     dataset = row.data.dataset(root, split, transforms=eval_transforms(row.data))
     classes = _class_names(dataset, row, num_classes)
     if model is None:
         model = build_model(row)
-    if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
+    # Read before a long evaluation, so that a bad file fails first.
+    training = _training_of(checkpoint, load_checkpoint(model, checkpoint)) if checkpoint is not None else None
     model.to(device)
 
     result = evaluate(

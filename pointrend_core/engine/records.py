@@ -232,6 +232,8 @@ def _from_dict(cls: type[Record], data: Any, path: Path) -> Record:
                 raise ValueError(f"{path} lacks '{f.name}'; expected a {cls.__name__} written by pointrend_core")
             continue
         value, nested = data[f.name], _dataclass_in(hints[f.name])
+        if value is None and nested is not None and type(None) not in typing.get_args(hints[f.name]):
+            raise ValueError(f"{path}: '{f.name}' is null; expected a {nested.__name__} object")
         values[f.name] = _from_dict(nested, value, path) if nested is not None and value is not None else value
     return cls(**values)
 

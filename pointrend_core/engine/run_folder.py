@@ -35,9 +35,6 @@ def run_folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     key = str(folder.resolve())
-    if key in _held():  # our parent process holds it for this same run
-        yield folder
-        return
     handle = open(folder / LOCK_FILE, "a+", encoding="utf-8")
     try:
         try:
@@ -45,8 +42,13 @@ def run_folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
+            if key in _held():  # our parent process holds it for this same run: work under its lock
+                yield folder
+                return
             raise RunFolderBusy(f"run folder {folder} is in use by {holder}; wait for it to finish, stop it, or "
                                 "choose another folder") from None
+        # Taken: either nobody held it, or the parent that did has died (then this process carries on alone
+        # and holds the folder itself, so a new run cannot start beside it).
         handle.seek(0)
         handle.truncate()
         handle.write(f"process {os.getpid()} ({' '.join(sys.argv)[:200]})\n")

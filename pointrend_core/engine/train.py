@@ -161,8 +161,10 @@ def _train(
         raise ValueError("amp 'fp16' needs CUDA (it uses a GradScaler); on CPU use 'bf16' or 'none'")
     per_process_batch = _per_process_batch(row, processes)
     resumed = _state_to_resume(out_dir, row, options, processes, per_process_batch)
-    if resumed is None and not options.resume and not options.overwrite:
-        _refuse_earlier_run(out_dir)
+    if resumed is None and not options.overwrite:
+        # --resume with nothing to resume from may restart a run cut short before its first checkpoint (only
+        # its log exists), never replace a finished one.
+        _refuse_earlier_run(out_dir, keep_log=options.resume)
     seed = resumed.sampler_seed if resumed is not None else options.seed  # the data order depends on it
 
     # Data
@@ -355,8 +357,8 @@ def _earlier_run_files(out_dir: Path) -> list[Path]:
     return [p for p in found if p.name != METRICS_FILE or p.stat().st_size > 0]
 
 
-def _refuse_earlier_run(out_dir: Path) -> None:
-    found = _earlier_run_files(out_dir)
+def _refuse_earlier_run(out_dir: Path, keep_log: bool = False) -> None:
+    found = [p for p in _earlier_run_files(out_dir) if not (keep_log and p.name == METRICS_FILE)]
     if found:
         raise ValueError(f"{out_dir} holds an earlier run ({', '.join(p.name for p in found)}); pass --resume to "
                          "continue it, --overwrite to replace it, or another --out")
@@ -424,7 +426,8 @@ def _start_fresh(run: _Run) -> None:
         _log(run.processes, f"overwrite: {run.out_dir}: deleting the earlier run's {', '.join(p.name for p in earlier)}")
     for path in earlier:
         path.unlink()
-    shutil.rmtree(run.out_dir / "eval", ignore_errors=True)  # its evaluations during training
+    for folder in ("eval", "evaluations"):  # its evaluations during training, and of its checkpoints
+        shutil.rmtree(run.out_dir / folder, ignore_errors=True)
     atomic_write_text(run.metrics_path, "")
 
 
@@ -516,8 +519,10 @@ def _evaluate(run: _Run, out_dir: Path, checkpoint: Path | None, model: nn.Modul
     with seeded_host_rngs(0):
         net.eval()
         try:
+            # These records belong to this training: a resumed run redoing an evaluation replaces its own.
             record = evaluate_run(run.row, checkpoint, run.data_root, out_dir, device, max_images=run.options.eval_max_images,
-                                  model=net, amp_dtype=amp_dtype(run.options.amp), progress=run.options.progress)
+                                  model=net, amp_dtype=amp_dtype(run.options.amp), progress=run.options.progress,
+                                  replace=True)
         finally:
             net.train()
     if cuda_state is not None:
@@ -561,7 +566,7 @@ def _summary(run: _Run, session: float, start_iteration: int) -> TrainRecord:
         resumed_from_iteration=start_iteration or None,
         final_losses={k: v for k, v in record.items() if k.startswith("loss")},
         final_lr=record.get("lr"),
-        checkpoint=str(run.final_path),
+        checkpoint=os.path.abspath(run.final_path),  # absolute: records are read from other folders
         options=run.options.to_dict(),
         environment=environment(run.processes.device),
     )

@@ -3,24 +3,29 @@
     fast = prepare_for_inference(model, precision="bf16")
     out = fast(images)                        # the same PointRendOutput as model.eval()(images), float32
 
-What it does, and why (measured on 2 Zen 4 cores, R-50 at 512x512: benchmarks/inference.py prints it again):
+What it does, and why (measured on 2 Zen 4 cores; benchmarks/inference.py prints the numbers again):
 - BatchNorm folded into the convolution before it (`fuse_for_inference`, a deep copy: `model` is untouched).
-- Channels-last for the 2-D convolutions (backbone, FPN, scale heads): oneDNN's direct/implicit-GEMM kernels
-  run on NHWC without the reorders of NCHW. The point head is 1-D (Conv1d over sampled points) and has no
-  memory format to choose; its inputs are sampled by `grid_sample`, measured as fast on NHWC as on NCHW,
-  so P2 features are left in the layout the FPN gives them.
+- Channels-last for the 2-D convolutions (backbone, FPN, scale heads): oneDNN's kernels run on NHWC without
+  the reorders of NCHW. The point head is 1-D (Conv1d over sampled points) and has no layout to choose; its
+  P2 input stays channels-last, where `grid_sample` reads a point's channels contiguously (7x faster than
+  NCHW at 256 channels). The coarse logits are made contiguous NCHW: the 2x bilinear upsampling of the
+  subdivision is 3x slower on channels-last with so few channels.
 - `torch.inference_mode` (no autograd bookkeeping, no version counters).
 - `precision`: "fp32"; "bf16" autocast (CPU and CUDA); "fp16" autocast (CUDA only: CPU fp16 convolutions
   have no fast kernels, so it is refused). The network runs under the wrapper's own autocast, which also
   overrides (switches off, for "fp32") whatever autocast a caller may have entered. The *subdivision's point
-  choice* always runs in float32: the coarse logits are cast to float32 before `PointRend.refine`, so the
+  choice* always runs in float32: features and coarse logits are cast to float32 before it, so the
   upsampling, the uncertainty and the top-k see float32 values (bf16 would quantise the uncertainty to 8 bits
   and turn the top-k into a tie-break by memory order); the point head's own MLP still runs in the autocast
   dtype. Every tensor returned is float32.
-- `compile=True`: `torch.compile` (inductor, with `freezing`: weights become constants, folded and prepacked
-  for oneDNN) of `PointRend.features` only. The subdivision stays eager: its top-k is data-dependent and
-  small. The first call compiles (tens of seconds on CPU; needs a C++ compiler), and each new input shape
-  recompiles.
+- The subdivision (`InferenceModel.subdivide`) computes what `PointRend.subdivide` computes, bit for bit, but
+  the top-2 gap by a running max over the classes instead of `topk` over the channel dimension (16x faster
+  at 1024x2048) and the chosen cells written in place instead of into a copy of the whole map.
+- `compile=True`: `torch.compile` (inductor, with `freezing`: weights become constants, prepacked for oneDNN,
+  the ReLU fused into the convolution) of `PointRend.features` only. The subdivision stays eager: its top-k
+  is data-dependent. The first call compiles (half a minute to a minute on 2 cores; needs a C++ compiler),
+  and so does each new input shape (fixed-size inputs such as Cityscapes or the demo are where it pays).
+  Move the model to its device before the first call: frozen weights are constants of the compiled graph.
 
 Point choice does not depend on the memory layout: `PointRend.subdivide` makes the upsampled logits
 contiguous NCHW before the top-k, so a channels-last coarse map picks the same cells as the plain model
@@ -36,9 +41,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pointrend_core.model.pointrend import PointRend, PointRendOutput, SubdivisionStep, fuse_for_inference
+from pointrend_core.model.points import uncertain_points_on_grid
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISION_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -99,7 +106,9 @@ class InferenceModel(nn.Module):
         self.num_classes = fused.num_classes
         self._features = fused.features
         if settings.compile:
-            self._features = torch.compile(fused.features, options={"freezing": True})
+            # Freezing is read when the graph is compiled (the first call, and any recompilation for a new
+            # shape): `features` sets it for those calls only. `options={"freezing": True}` is not enough.
+            self._features = torch.compile(fused.features)
         self.eval()
 
     @property
@@ -129,12 +138,24 @@ class InferenceModel(nn.Module):
         return images
 
     def features(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """(P2 features, coarse logits in float32), under `inference_context`."""
+        """(P2 features, coarse logits), both float32, under `inference_context`.
+
+        The coarse logits are returned contiguous NCHW (the subdivision upsamples them 2x: ATen's bilinear
+        kernel is 3x slower on channels-last with so few channels); the P2 features keep the FPN's
+        channels-last layout, where `grid_sample` reads one point's channels contiguously (7x faster than
+        NCHW at 256 channels).
+        """
         check_precision(self.precision, images.device)
         with self.inference_context(images.device.type):
-            fine, coarse = self._features(self.prepare_input(images))
-        # float32 coarse logits: the subdivision's uncertainty and top-k run in float32 whatever the precision.
-        return fine, coarse.float()
+            if self.compiled:
+                import torch._inductor.config as inductor_config  # only when compiling: a heavy import
+
+                with inductor_config.patch(freezing=True):
+                    fine, coarse = self._features(self.prepare_input(images))
+            else:
+                fine, coarse = self._features(self.prepare_input(images))
+        # float32 once here rather than in every step's point sampling (which samples in float32 anyway).
+        return fine.float(), coarse.float().contiguous()
 
     def refine(
         self,
@@ -144,10 +165,40 @@ class InferenceModel(nn.Module):
         num_points: int | None = None,
         record_steps: bool = False,
     ) -> PointRendOutput:
-        """`PointRend.refine` under `inference_context`; every returned tensor float32."""
+        """`PointRend.refine` under `inference_context`, with `subdivide` for its steps; float32 results."""
+        cfg = self.cfg
+        steps = cfg.subdivision_steps if steps is None else steps
+        num_points = cfg.subdivision_num_points if num_points is None else num_points
+        if steps < 0 or num_points < 1:
+            raise ValueError(f"subdivision needs steps >= 0 and num_points >= 1, got {steps} and {num_points}")
+        coarse_logits = coarse_logits.float()
+        refined = coarse_logits
+        recorded: list[SubdivisionStep] = []
         with self.inference_context(coarse_logits.device.type):
-            out = self.model.refine(fine_features, coarse_logits.float(), steps, num_points, record_steps)
-        return _float32(out)
+            for _ in range(steps):
+                refined, step = self.subdivide(refined, fine_features, coarse_logits, num_points, record_steps)
+                if record_steps:
+                    recorded.append(step)
+        return PointRendOutput(refined, coarse_logits, recorded)
+
+    def subdivide(
+        self, logits: Tensor, fine_features: Tensor, coarse_logits: Tensor, num_points: int, record: bool = True
+    ) -> tuple[Tensor, SubdivisionStep]:
+        """`PointRend.subdivide` with the same results bit for bit (same upsampling, same uncertainty values,
+        same top-k on a contiguous NCHW map, so the same cells whatever the input layout), faster at large
+        sizes: the top-2 gap by a running max over classes (`top2_uncertainty`, 16x faster than `topk` over
+        the channel dimension), and the chosen cells written in place (unless the step is `record`ed, which
+        keeps the upsampled map) instead of copying the whole map. logits (B, C, h, w) float32."""
+        upsampled = F.interpolate(logits.float(), scale_factor=2, mode="bilinear", align_corners=False).contiguous()
+        batch, channels, height, width = upsampled.shape
+        uncertainty_map = top2_uncertainty(upsampled)
+        indices, coords = uncertain_points_on_grid(uncertainty_map, num_points)
+        point_logits = self.model.point_logits(fine_features, coarse_logits, coords).to(upsampled.dtype)
+        refined = upsampled.clone() if record else upsampled
+        refined.view(batch, channels, height * width).scatter_(
+            2, indices.unsqueeze(1).expand(-1, channels, -1), point_logits
+        )
+        return refined, SubdivisionStep(upsampled, uncertainty_map, indices, coords)
 
     def forward(
         self,
@@ -167,11 +218,20 @@ class InferenceModel(nn.Module):
         return f"precision={self.precision!r}, compiled={self.compiled}, channels_last={self.settings.channels_last}"
 
 
-def _float32(out: PointRendOutput) -> PointRendOutput:
-    steps = [
-        SubdivisionStep(s.logits.float(), s.uncertainty.float(), s.point_indices, s.point_coords) for s in out.steps
-    ]
-    return PointRendOutput(out.logits.float(), out.coarse_logits.float(), steps)
+def top2_uncertainty(logits: Tensor) -> Tensor:
+    """`points.uncertainty` (second-largest minus largest logit over dim 1), the same values bit for bit:
+    a running (largest, second) pair over the classes, each step an elementwise max/min over the (B, H, W)
+    map. `topk(2, dim=1)` walks the classes with a stride of H*W per pixel; this streams contiguous rows.
+    logits (B, C, H, W), C >= 2 -> (B, 1, H, W)."""
+    if logits.shape[1] < 2:
+        raise ValueError(f"uncertainty needs at least 2 classes, got {logits.shape[1]}")
+    first = torch.maximum(logits[:, 0], logits[:, 1])
+    second = torch.minimum(logits[:, 0], logits[:, 1])
+    for c in range(2, logits.shape[1]):
+        value = logits[:, c]
+        torch.maximum(second, torch.minimum(first, value), out=second)
+        torch.maximum(first, value, out=first)
+    return (second - first).unsqueeze(1)
 
 
 def prepare_for_inference(

@@ -219,6 +219,7 @@ def train_and_evaluate(
         )
     model = build_model(row)
     record = evaluate_run(
-        row, checkpoint, data_root, out_dir, device, max_images=max_eval_images, model=model, progress=False
+        row, checkpoint, data_root, out_dir, device, max_images=max_eval_images, model=model, progress=False,
+        replace=overwrite,
     )
     return RowRun(record, Path(checkpoint), model.eval())
