@@ -6,8 +6,8 @@
     python benchmarks/inference.py --levers                          # + what each lever buys (features only)
 
 1. The limit: GFLOP/s of large square matrix products in this process, fp32 and bf16, two ways: `torch.matmul`
-   (MKL for fp32, oneDNN for bf16) and oneDNN's own GEMM (a 1x1 convolution, channels-last, M = N = K). The
-   better of the two is "the GEMM limit" of that dtype. It is measured again at the end: if the two
+   (MKL for fp32, oneDNN for bf16) and oneDNN's own GEMM (a 1x1 convolution, channels-last, M = N = K), each
+   the fastest of 10 or more runs. The better of the two is "the GEMM limit" of that dtype. It is measured again at the end: if the two
    measurements differ by more than 10 %, something else used the CPU meanwhile, and the run says so.
 2. For each `--sizes` (batch 1, random weights with BatchNorm statistics of a trained network's order of
    magnitude, a random image), each path of `--paths`:
@@ -25,7 +25,8 @@
    and coarse, of each path on that row's val split through `engine.evaluate.evaluate`, against eager fp32.
 4. With `--levers`: the feature extractor alone (backbone + FPN + coarse head) at the first size under each
    lever separately: BatchNorm folding, channels-last, oneDNN off, torch.compile with and without freezing,
-   max-autotune, bf16 with and without channels-last, 1 thread.
+   max-autotune, bf16 with and without channels-last, 1 thread. The allocator lever is process-wide, so it
+   is its own run: `--retain-memory` (`model.inference.retain_freed_memory`) against a run without.
 
 Finally the issue's targets, each with the measured value and whether it was met.
 """
@@ -52,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pointrend_core.checkpoints import load_checkpoint  # noqa: E402
 from pointrend_core.config import get_row  # noqa: E402
 from pointrend_core.model import PointRend, build_model, fuse_for_inference  # noqa: E402
-from pointrend_core.model.inference import InferenceModel, prepare_for_inference  # noqa: E402
+from pointrend_core.model.inference import InferenceModel, prepare_for_inference, retain_freed_memory  # noqa: E402
 
 PATHS = ["eager fp32", "fast fp32", "fast fp32+compile", "fast bf16", "fast bf16+compile"]
 EAGER = "eager fp32"
@@ -61,7 +62,7 @@ EAGER = "eager fp32"
 # ------------------------------------------------------------------------------------------- helpers
 
 
-def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+def run_times(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
     for _ in range(warmup):
         fn()
     times = []
@@ -69,11 +70,16 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> f
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    return statistics.median(run_times(fn, repeats, warmup))
 
 
 def gemm_rates(n: int, repeats: int) -> dict[str, float]:
-    """GFLOP/s of an n x n x n product: {"fp32 matmul", "fp32 oneDNN", "bf16 matmul", "bf16 oneDNN"}."""
+    """GFLOP/s of an n x n x n product: {"fp32 matmul", "fp32 oneDNN", "bf16 matmul", "bf16 oneDNN"}, each
+    from its fastest of `repeats` runs: a limit is what the machine can do, not what it does on average."""
     rates = {}
     flops = 2 * n**3
     rows, cols = 32, n // 32  # the 1x1 convolution's n pixels
@@ -82,10 +88,10 @@ def gemm_rates(n: int, repeats: int) -> dict[str, float]:
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
             a = torch.randn(n, n, generator=generator).to(dtype)
             b = torch.randn(n, n, generator=generator).to(dtype)
-            rates[f"{name} matmul"] = flops / median_seconds(lambda: a @ b, repeats, warmup=3) / 1e9
+            rates[f"{name} matmul"] = flops / min(run_times(lambda: a @ b, repeats, warmup=3)) / 1e9
             x = torch.randn(1, n, rows, cols, generator=generator).to(dtype).contiguous(memory_format=torch.channels_last)
             w = torch.randn(n, n, 1, 1, generator=generator).to(dtype).contiguous(memory_format=torch.channels_last)
-            rates[f"{name} oneDNN"] = flops / median_seconds(lambda: F.conv2d(x, w), repeats, warmup=3) / 1e9
+            rates[f"{name} oneDNN"] = flops / min(run_times(lambda: F.conv2d(x, w), repeats, warmup=3)) / 1e9
     return rates
 
 
@@ -438,7 +444,11 @@ def main(argv: list[str] | None = None) -> dict[str, pd.DataFrame]:
     parser.add_argument("--data-root", default=None, help="the checkpoint row's data (default: its default root)")
     parser.add_argument("--max-images", type=int, default=None)
     parser.add_argument("--levers", action="store_true", help="also time each lever on the feature extractor")
+    parser.add_argument("--retain-memory", action="store_true",
+                        help="model.inference.retain_freed_memory() first (glibc keeps freed memory: no page faults)")
     args = parser.parse_args(argv)
+    if args.retain_memory and not retain_freed_memory():
+        parser.error("--retain-memory needs glibc's mallopt")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     paths = [p for p in PATHS if p in args.paths]
@@ -446,8 +456,9 @@ def main(argv: list[str] | None = None) -> dict[str, pd.DataFrame]:
         paths.insert(0, EAGER)  # the reference of every ratio and agreement
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}, oneDNN {torch.backends.mkldnn.is_available()}")
-    gemm_repeats = max(args.repeats, 5)
+          f"{torch.backends.cpu.get_cpu_capability()}, oneDNN {torch.backends.mkldnn.is_available()}, "
+          f"malloc {'retains freed memory' if args.retain_memory else 'glibc default'}")
+    gemm_repeats = max(args.repeats, 10)
     rates = gemm_rates(args.gemm_size, gemm_repeats)
     print_table(f"GEMM rate, {args.gemm_size}^3, GFLOP/s (the limit of a dtype: the better of the two)",
                 pd.DataFrame([{"dtype": d, "matmul": rates[f"{d} matmul"], "oneDNN (1x1 conv)": rates[f"{d} oneDNN"],

@@ -59,7 +59,7 @@ class InferenceSettings:
     precision: Precision = "fp32"
     compile: bool = False
     channels_last: bool = True
-    """NHWC for the 2-D convolutions; on by default (measured faster on CPU with oneDNN, and on CUDA)."""
+    """NHWC for the 2-D convolutions; on by default (measured faster on CPU with oneDNN; usual on CUDA)."""
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISION_DTYPES:
@@ -234,6 +234,33 @@ def top2_uncertainty(logits: Tensor) -> Tensor:
     return (second - first).unsqueeze(1)
 
 
+def retain_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of handing it back to the OS (process-wide,
+    for the rest of the process; opt-in, never done by `prepare_for_inference`). Returns False where it
+    cannot (not glibc).
+
+    A forward pass allocates and frees the same large activations every call. By default glibc serves
+    blocks above its mmap threshold (at most 32 MiB) with fresh `mmap`s and trims the heap top, so every
+    call page-faults them in again: measured 57 k minor faults (230 MiB) per R-50 eager forward at 512x512,
+    820 k (3.2 GiB) per fast fp32 forward at 1024x2048, which then runs 22 % faster without them (bf16 12 %).
+    The price: the process keeps its peak memory until it exits. Same effect as starting the process with
+    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4
+    return bool(
+        mallopt(m_mmap_max, 0) and mallopt(m_trim_threshold, 2**31 - 1) and mallopt(m_top_pad, 256 * 2**20)
+    )
+
+
 def prepare_for_inference(
     model: PointRend,
     precision: Precision = "fp32",
@@ -258,4 +285,6 @@ __all__ = [
     "Precision",
     "check_precision",
     "prepare_for_inference",
+    "retain_freed_memory",
+    "top2_uncertainty",
 ]
