@@ -11,10 +11,11 @@
    measurements differ by more than 10 %, something else used the CPU meanwhile, and the run says so.
 2. For each `--sizes` (batch 1, random weights with BatchNorm statistics of a trained network's order of
    magnitude, a random image), each path of `--paths`:
-   - `eager fp32`: the plain model in eval mode under `torch.inference_mode`, as `engine.evaluate` runs it;
+   - `eager fp32`: the plain model in eval mode under `torch.inference_mode` (the baseline of every ratio);
    - `fast fp32`, `fast fp32+compile`, `fast bf16`, `fast bf16+compile`: `prepare_for_inference(model,
      precision, compile)` (model/inference.py: BatchNorm folded, channels-last, inference_mode, the faster
-     exact subdivision; compile = inductor with freezing, of the feature extractor only).
+     exact subdivision; compile = inductor with freezing, of the feature extractor only): what `evaluate`,
+     the notebooks and the sweeps run (`engine.evaluate.inference_model`).
    Time per stage (backbone, FPN, coarse head, each subdivision step; a compiled path has one `features`
    stage), and the end-to-end call (`total`), medians of `--repeats` runs after `--warmup` runs, the paths
    interleaved run by run so that a load spike hits them alike. FLOPs of the forward are counted with
@@ -293,7 +294,7 @@ def accuracy(row_name: str, checkpoint: Path, data_root: str | None, paths: list
     for name in paths:
         torch._dynamo.reset()
         net = make_path(model, name)
-        result = evaluate(net, dataset, row.eval, "cpu", row.model.num_classes, amp_dtype=None, progress=False,
+        result = evaluate(net, dataset, row.eval, "cpu", row.model.num_classes, progress=False,
                           max_images=max_images)
         rows.append({
             "path": name,

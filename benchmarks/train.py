@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pointrend_core.config import get_row  # noqa: E402
 from pointrend_core.engine.distributed import resolve_device  # noqa: E402
-from pointrend_core.engine.evaluate import predict  # noqa: E402
-from pointrend_core.engine.precision import amp_dtype  # noqa: E402
+from pointrend_core.engine.evaluate import inference_model, predict  # noqa: E402
+from pointrend_core.engine.precision import inference_precision  # noqa: E402
 from pointrend_core.engine.records import environment  # noqa: E402
 from pointrend_core.engine.train import train_step  # noqa: E402
 from pointrend_core.labels import IGNORE_INDEX  # noqa: E402
@@ -133,12 +133,13 @@ def benchmark_evaluation(model, row, device, args) -> dict:
     image = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(1)).to(device)
     if args.channels_last:
         image = image.contiguous(memory_format=torch.channels_last)
-    model.eval()
+    # The evaluation's own inference path, at the precision the training's amp evaluates at.
+    net = inference_model(model, inference_precision(args.amp), device=device)
     start_phase(device)
     times = []
     for step in range(args.warmup + args.eval_images):
         begin = time.perf_counter()
-        refined, _ = predict(model, image, (height, width), row.eval, amp_dtype=amp_dtype(args.amp))
+        refined, _ = predict(net, image, (height, width), row.eval)
         refined.argmax(1)
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -29,9 +29,10 @@ from pointrend_core.data.validate import check_dataset
 from pointrend_core.data.voc_aug import prepare_voc_aug
 from pointrend_core.engine.distributed import launched_rank, start_processes, stop_processes
 from pointrend_core.engine.evaluate import default_evaluation_folder, evaluate_run
-from pointrend_core.engine.run_folder import run_folder_lock
 from pointrend_core.engine.records import RUN_FILE
+from pointrend_core.engine.run_folder import run_folder_lock
 from pointrend_core.engine.train import NonFiniteLossError, TrainingInterrupted, TrainOptions, train
+from pointrend_core.model.inference import check_precision
 
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM, the shell convention
 
@@ -92,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", help="dataset split (default: the row's validation split)")
     evaluate.add_argument("--max-images", type=_positive_int, help="evaluate the first N images only")
     evaluate.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    evaluate.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                          help="inference precision (bf16: CPU or CUDA; fp16: CUDA only); recorded in run.json")
+    evaluate.add_argument("--compile", action="store_true",
+                          help="torch.compile the feature extractor (the first image and each new size compile)")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     check = commands.add_parser("check-data", help="report every problem of a dataset folder")
@@ -164,18 +169,25 @@ def run_train(row: RowConfig, args: argparse.Namespace) -> int:
 
 def run_evaluate(row: RowConfig, args: argparse.Namespace) -> int:
     processes = start_processes(args.device)
+    try:
+        check_precision(args.precision, processes.device)  # before the run folder is made
+    except ValueError:
+        stop_processes(processes)
+        raise
     out = args.out or default_evaluation_folder(row, args.checkpoint, args.data_root, args.split, args.max_images)
     try:
         with run_folder_lock(out) if processes.is_main else nullcontext():
             record = evaluate_run(row, args.checkpoint, args.data_root, out, device=processes.device,
-                                  split=args.split, max_images=args.max_images, progress=not args.no_progress)
+                                  split=args.split, max_images=args.max_images, precision=args.precision,
+                                  compile=args.compile, progress=not args.no_progress)
     finally:
         stop_processes(processes)
     if processes.is_main:
         refined, coarse = record.metrics.refined, record.metrics.coarse
         print(f"{row.name}: mIoU {refined.mIoU:.2f} (coarse {coarse.mIoU:.2f}), "
               f"boundary mIoU {refined.boundary_mIoU:.2f} (coarse {coarse.boundary_mIoU:.2f}) "
-              f"on {record.data.num_images} images; {Path(out) / RUN_FILE}")
+              f"on {record.data.num_images} images ({args.precision}{', compiled' if args.compile else ''}, "
+              f"{record.timing.images_per_second:.2f} images/s); {Path(out) / RUN_FILE}")
     return 0
 
 

@@ -93,6 +93,12 @@ def test_runtime_errors_exit_1_naming_the_problem(tmp_path: Path, voc_root: Path
                  "--device", "cpu", "--amp", "fp16"])
     assert code == 1
     assert "amp 'fp16' needs CUDA" in capsys.readouterr().err
+    code = main(["evaluate", "--config", "demo", "--data-root", str(voc_root), "--checkpoint", str(missing),
+                 "--device", "cpu", "--precision", "fp16", "--out", str(tmp_path / "fp16")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: precision 'fp16' needs a CUDA device (got 'cpu')") and err.count("\n") == 1
+    assert not (tmp_path / "fp16").exists()  # refused before anything was read or written
     common = ["--config", "demo", "--data-root", str(voc_root), "--out", str(tmp_path / "run"), "--device", "foo"]
     for argv in (["train", *common], ["evaluate", *common, "--checkpoint", str(missing)]):
         code = main(argv)
@@ -126,6 +132,16 @@ def test_make_demo_data_train_and_evaluate(tmp_path: Path, capsys: pytest.Captur
     assert run["data"]["num_images"] == 1 and run["checkpoint"] == str(out / "checkpoint_final.pth")
     assert run["training"]["iterations"] == 2  # the training summary is merged into the run record
     assert 0 <= run["metrics"]["refined"]["mIoU"] <= 100
+    assert run["timing"]["precision"] == "fp32" and run["timing"]["compiled"] is False
+
+    bf16_out = tmp_path / "bf16"
+    code = main(["evaluate", "--config", "demo", "--data-root", str(root), "--checkpoint",
+                 str(out / "checkpoint_final.pth"), "--max-images", "1", "--device", "cpu", "--no-progress",
+                 "--precision", "bf16", "--out", str(bf16_out)])
+    assert code == 0
+    assert "on 1 images (bf16, " in capsys.readouterr().out
+    bf16_run = json.loads((bf16_out / "run.json").read_text())
+    assert bf16_run["timing"]["precision"] == "bf16" and bf16_run["timing"]["compiled"] is False
 
 
 @pytest.mark.slow

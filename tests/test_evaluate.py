@@ -15,9 +15,11 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pointrend_core.config import IGNORE_INDEX, DataConfig, EvalConfig, ModelConfig, RowConfig, ScheduleConfig
+from pointrend_core.config import IGNORE_INDEX, ROWS, DataConfig, EvalConfig, ModelConfig, RowConfig, ScheduleConfig
 from pointrend_core.engine import evaluate as evaluate_module
-from pointrend_core.engine.evaluate import evaluate, evaluate_run, predict, slide_windows
+from pointrend_core.engine.evaluate import evaluate, evaluate_run, inference_model, predict, slide_windows
+from pointrend_core.model import Subdivision, build_model
+from pointrend_core.model.inference import InferenceModel
 
 pytestmark = pytest.mark.numerics  # float results on this CPU's kernels: CI runs these twice (.ci/run)
 
@@ -161,7 +163,7 @@ def test_multi_scale_rescales_as_the_reference() -> None:
                                             align_corners=False), refined, atol=1e-3)  # the size matters
 
 
-def test_predict_bad_inputs_and_amp() -> None:
+def test_predict_bad_inputs() -> None:
     model = Conv1x1Fake().eval()
     with pytest.raises(ValueError, match=r"one float image \(1, 3, H, W\)"):
         predict(model, torch.zeros(3, 8, 8), (8, 8), EvalConfig())
@@ -169,8 +171,58 @@ def test_predict_bad_inputs_and_amp() -> None:
         predict(model, torch.zeros(1, 3, 8, 8), (8, 8), EvalConfig(mode="slide"))
     with pytest.raises(TypeError, match=r"\.logits and \.coarse_logits"):
         predict(nn.Identity(), torch.zeros(1, 3, 8, 8), (8, 8), EvalConfig())
-    refined, _ = predict(model, torch.randn(1, 3, 8, 8), (8, 8), EvalConfig(), amp_dtype=torch.bfloat16)
+    refined, _ = predict(model, torch.randn(1, 3, 8, 8), (8, 8), EvalConfig())
     assert refined.dtype == torch.float32 and not refined.requires_grad
+
+
+# --- the inference path -----------------------------------------------------------------------------
+
+
+def test_inference_model_prepares_a_pointrend_and_leaves_it_alone() -> None:
+    model = build_model(ROWS["demo"]).train()
+    net = inference_model(model, "bf16")
+    assert isinstance(net, InferenceModel) and net.precision == "bf16" and not net.compiled
+    assert model.training and any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())  # all folded
+
+    class Wrapper(nn.Module):  # what DistributedDataParallel looks like from here
+        def __init__(self, module: nn.Module) -> None:
+            super().__init__()
+            self.module = module
+
+    assert isinstance(inference_model(Wrapper(model)), InferenceModel)
+    assert inference_model(net) is net and inference_model(net, "bf16") is net
+    with pytest.raises(ValueError, match=r"prepared for precision 'bf16'.*got precision 'fp32' \(compile=True\)"):
+        inference_model(net, "fp32", compile=True)
+    with pytest.raises(ValueError, match="fp16.*needs a CUDA device"):
+        inference_model(model, "fp16", device="cpu")
+
+
+def test_other_modules_run_as_they_are_in_fp32_only() -> None:
+    fake = Conv1x1Fake().eval()
+    assert inference_model(fake) is fake
+    with pytest.raises(ValueError, match="apply to a PointRend.*Conv1x1Fake runs as it is, in fp32"):
+        inference_model(fake, "bf16")
+    with pytest.raises(ValueError, match="apply to a PointRend"):
+        evaluate(fake, [], EvalConfig(), "cpu", 2, compile=True)
+
+
+def test_evaluate_runs_the_prepared_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`evaluate` calls the prepared copy (the subdivision settings passed on), never the model itself."""
+    model = build_model(ROWS["demo"]).eval()
+    calls: list[tuple[type, dict]] = []
+    original = InferenceModel.forward
+
+    def spy(self, images, *args, **kwargs):
+        calls.append((type(self), kwargs))
+        return original(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(InferenceModel, "forward", spy)
+    monkeypatch.setattr(type(model), "forward", lambda *a, **k: pytest.fail("the unprepared model was called"))
+    items = [(torch.randn(3, 32, 32), torch.randint(0, 6, (32, 32)))]
+    result = evaluate(model, items, EvalConfig(), "cpu", 6, progress=False, subdivision=Subdivision(1, 8))
+    assert result.num_images == 1
+    assert calls == [(InferenceModel, {"subdivision_steps": 1, "subdivision_num_points": 8})]
 
 
 # --- evaluation loop --------------------------------------------------------------------------------

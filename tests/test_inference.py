@@ -229,8 +229,8 @@ def test_fp16_is_refused_on_cpu(model):
 
 
 def test_its_own_precision_overrides_an_outer_autocast(model):
-    """`evaluate` wraps the call in `torch.autocast(enabled=amp_dtype is not None)`: an fp32 fast model stays
-    fp32 even under an outer bf16 autocast (bit for bit the same as without it)."""
+    """A caller's autocast does not leak in: an fp32 fast model stays fp32 under an outer bf16 autocast (bit
+    for bit the same as without it)."""
     fast = prepare_for_inference(model)
     x = images(1, (64, 96))
     plain = fast(x)
@@ -411,7 +411,7 @@ def test_each_precision_keeps_the_metrics_of_fp32_eager(trained):
     assert len(dataset) == 8
     nets = {"eager fp32": model, "fast fp32": prepare_for_inference(model), "fast bf16": prepare_for_inference(model, "bf16")}
     results = {
-        name: evaluate(net, dataset, TINY_DEMO.eval, "cpu", TINY_DEMO.model.num_classes, amp_dtype=None, progress=False)
+        name: evaluate(net, dataset, TINY_DEMO.eval, "cpu", TINY_DEMO.model.num_classes, progress=False)
         for name, net in nets.items()
     }
     rows = {

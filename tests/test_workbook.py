@@ -175,6 +175,11 @@ def test_run_rows_checks_parameters_and_released_dir(tmp_path: Path, fake_notebo
     with pytest.raises(ValueError, match="either released_dir"):
         run_rows(["demo"], runs_dir=tmp_path / "runs", notebooks_dir=fake_notebooks,
                  released_dir=tmp_path, extra_params={"checkpoint": "x.pth"})
+    with pytest.raises(ValueError, match=r"unknown notebook parameter\(s\) precision"):  # passed on when not fp32
+        run_rows(["demo"], runs_dir=tmp_path / "runs", notebooks_dir=fake_notebooks, precision="bf16")
+    with pytest.raises(ValueError, match="precision 'fp16' needs a CUDA device"):
+        run_rows(["demo"], runs_dir=tmp_path / "runs", notebooks_dir=fake_notebooks, precision="fp16")
+    assert not (tmp_path / "runs").exists()
     with pytest.raises(FileNotFoundError, match="results.ipynb not found"):
         (fake_notebooks / "results.ipynb").unlink()
         run_rows(["demo"], notebooks_dir=fake_notebooks)
@@ -227,7 +232,8 @@ def trees(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory, trees):
     """Two batches into the same runs/ and reports/: demo and the R-50 rows train (both notebooks); then the
-    R-101 rows evaluate released-format checkpoints (train_evaluate only). Yields (statuses, runs, reports)."""
+    R-101 rows evaluate released-format checkpoints in bf16 (train_evaluate only). Yields (statuses, runs,
+    reports)."""
     from pointrend_core.checkpoints import save_checkpoint
     from pointrend_core.model import build_model
 
@@ -247,7 +253,7 @@ def batch(tmp_path_factory, trees):
         middle = time.perf_counter()
         statuses |= run_rows(
             R101_ROWS, data_root=trees, runs_dir=runs, reports_dir=reports, extra_params=TINY,
-            released_dir=released, points=False,
+            released_dir=released, points=False, precision="bf16",
         )
         end = time.perf_counter()
     print(f"papermill batches: demo + R-50 rows {middle - start:.0f} s, R-101 rows {end - middle:.0f} s")
@@ -275,12 +281,14 @@ def test_batch_every_row_ok(batch) -> None:
         assert run["row"] == name
         assert run["config"]["data"]["crop_size"] == [64, 64]  # the injected overrides reached the run
     for name in ["demo", *R50_ROWS]:
-        training = json.loads((runs / name / "run.json").read_text())["training"]
-        assert training["iterations"] == 2 and training["batch_size"] == 2
+        run = json.loads((runs / name / "run.json").read_text())
+        assert run["training"]["iterations"] == 2 and run["training"]["batch_size"] == 2
+        assert (run["timing"]["precision"], run["timing"]["compiled"]) == ("fp32", False)
     for name in R101_ROWS:
         run = json.loads((runs / name / "run.json").read_text())
         assert Path(run["checkpoint"]).name == ROWS[name].release_file and run["training"] is None
         assert run["config"]["model"]["depth"] == 101
+        assert (run["timing"]["precision"], run["timing"]["compiled"]) == ("bf16", False)  # --precision reached it
 
 
 @pytest.mark.slow
@@ -404,7 +412,13 @@ def test_runs_display_is_readable_without_nan(tmp_path: Path) -> None:
     line = table.loc["a"]
     assert line["mIoU refined"] == 61.23 and line["boundary coarse"] == "—" and line["training"] == "—"
     assert line["val images"] == "6 of 12" and line["finished"] == "2026-12-02 03:00"
+    assert line["inference"] == "—"  # a record from before the precision was recorded
     assert "nan" not in table.to_html().lower()
+
+    record = json.loads((tmp_path / "a" / "run.json").read_text())
+    record["timing"] = {"precision": "bf16", "compiled": True}
+    (tmp_path / "a" / "run.json").write_text(json.dumps(record))
+    assert runs_display(collect_runs(tmp_path)).loc["a", "inference"] == "bf16, compiled"
 
 
 def test_configure_row_overrides() -> None:

@@ -45,7 +45,8 @@ from pointrend_core.engine.records import (
 )
 from pointrend_core.engine.state import FINAL_CHECKPOINT, LAST_CHECKPOINT
 from pointrend_core.labels import IGNORE_INDEX
-from pointrend_core.model import Subdivision, build_model
+from pointrend_core.model import PointRend, Subdivision, build_model
+from pointrend_core.model.inference import InferenceModel, Precision, check_precision, prepare_for_inference
 
 
 # --------------------------------------------------------------------------------------------------
@@ -99,15 +100,12 @@ def _rescale(image: Tensor, scale: float) -> Tensor:
     return F.interpolate(image, scale_factor=scale, mode="bilinear", align_corners=False)
 
 
-def _forward(
-    model: nn.Module, image: Tensor, amp_dtype: torch.dtype | None, subdivision: Subdivision | None
-) -> tuple[Tensor, Tensor]:
+def _forward(model: nn.Module, image: Tensor, subdivision: Subdivision | None) -> tuple[Tensor, Tensor]:
     """Model outputs for (1, 3, h, w): refined and coarse logits at the model's own resolutions, float32."""
-    with torch.autocast(device_type=image.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        if subdivision is None:
-            out = model(image)
-        else:
-            out = model(image, subdivision_steps=subdivision.steps, subdivision_num_points=subdivision.num_points)
+    if subdivision is None:
+        out = model(image)
+    else:
+        out = model(image, subdivision_steps=subdivision.steps, subdivision_num_points=subdivision.num_points)
     try:
         refined, coarse = out.logits, out.coarse_logits
     except AttributeError:
@@ -119,7 +117,7 @@ def _forward(
 
 
 def _forward_slide(
-    model: nn.Module, image: Tensor, cfg: EvalConfig, amp_dtype: torch.dtype | None, subdivision: Subdivision | None
+    model: nn.Module, image: Tensor, cfg: EvalConfig, subdivision: Subdivision | None
 ) -> tuple[Tensor, Tensor]:
     """Sliding-window logits (1, C, h, w) for both outputs: each window's outputs are resized to the window,
     summed into place, and divided by how many windows cover each pixel."""
@@ -131,7 +129,7 @@ def _forward_slide(
     refined_sum = coarse_sum = None
     count = image.new_zeros(1, 1, height, width)
     for y0, y1, x0, x1 in slide_windows((height, width), cfg.slide_crop, cfg.slide_stride):
-        refined, coarse = _forward(model, image[..., y0:y1, x0:x1], amp_dtype, subdivision)
+        refined, coarse = _forward(model, image[..., y0:y1, x0:x1], subdivision)
         if refined_sum is None:
             refined_sum = refined.new_zeros(1, refined.shape[1], height, width)
             coarse_sum = coarse.new_zeros(1, coarse.shape[1], height, width)
@@ -147,7 +145,6 @@ def predict(
     image: Tensor,
     out_size: Sequence[int],
     eval_cfg: EvalConfig,
-    amp_dtype: torch.dtype | None = None,
     subdivision: Subdivision | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Refined and coarse logits (1, C, H, W) for one normalised image (1, 3, H', W'), at `out_size` (H, W).
@@ -159,7 +156,8 @@ def predict(
     bilinearly straight to (H, W) and the passes are averaged as LOGITS, not probabilities: the reference's
     `use_probs_before_resize` is False, and with its defaults (one scale, no flip) the two agree anyway.
     `subdivision` (a PointRend model only) overrides the model's inference steps and points per step.
-    `model` must already be in eval mode and on the image's device.
+    `model` is called as given (in eval mode, on the image's device): a `PointRend` runs eager float32, an
+    `InferenceModel` (`prepare_for_inference`) runs its own fast path and precision; `evaluate` prepares one.
     """
     if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] != 3 or not image.is_floating_point():
         raise ValueError(
@@ -178,9 +176,9 @@ def predict(
         for flip in (False, True) if eval_cfg.flip else (False,):
             x = scaled.flip(-1) if flip else scaled
             if eval_cfg.mode == "slide":
-                refined, coarse = _forward_slide(model, x, eval_cfg, amp_dtype, subdivision)
+                refined, coarse = _forward_slide(model, x, eval_cfg, subdivision)
             else:
-                refined, coarse = _forward(model, x, amp_dtype, subdivision)
+                refined, coarse = _forward(model, x, subdivision)
             if flip:
                 refined, coarse = refined.flip(-1), coarse.flip(-1)
             refined, coarse = _resize(refined, out_size), _resize(coarse, out_size)
@@ -192,6 +190,36 @@ def predict(
 
 # --------------------------------------------------------------------------------------------------
 # Evaluation loop
+
+
+def inference_model(
+    model: nn.Module, precision: Precision = "fp32", compile: bool = False, device: torch.device | str | None = None
+) -> nn.Module:
+    """The module an evaluation runs for `model`: the one inference path for a PointRend.
+
+    - `PointRend`, or a wrapper holding one in `.module` (DDP): `prepare_for_inference(model, precision,
+      compile)` -- a BatchNorm-folded, channels-last copy under inference_mode, `model` left untouched.
+    - `InferenceModel`: as it is; `precision` and `compile` must be its own (or the defaults).
+    - Any other module (a baseline, a stub): as it is, in float32; other precisions are refused.
+    `device` (default: the model's) is where it will run, so that a precision it cannot run fails first.
+    """
+    network = getattr(model, "module", model)
+    if isinstance(network, InferenceModel):
+        if (precision, compile) not in (("fp32", False), (network.precision, network.compiled)):
+            raise ValueError(
+                f"the model was prepared for precision {network.precision!r} (compiled={network.compiled}); "
+                f"got precision {precision!r} (compile={compile}): prepare it again or leave them out"
+            )
+        return network
+    if isinstance(network, PointRend):
+        return prepare_for_inference(network, precision, compile, device=device)
+    check_precision(precision, device if device is not None else "cpu")
+    if precision != "fp32" or compile:
+        raise ValueError(
+            f"precision {precision!r} and compile apply to a PointRend (through prepare_for_inference); "
+            f"{type(network).__name__} runs as it is, in fp32"
+        )
+    return model
 
 
 @dataclass(frozen=True)
@@ -231,21 +259,27 @@ def evaluate(
     eval_cfg: EvalConfig,
     device: str | torch.device,
     num_classes: int,
-    amp_dtype: torch.dtype | None = None,
+    precision: Precision = "fp32",
     progress: bool = True,
     max_images: int | None = None,
     workers: int = 0,
     ignore_index: int = IGNORE_INDEX,
     subdivision: Subdivision | None = None,
+    compile: bool = False,
 ) -> EvalResult:
     """Evaluate `model` (already on `device`) on the first `max_images` items of `dataset` (all if None).
 
     Items are (image float (3, H', W') resized + normalised, label int (H, W) at the original size); batch
     size 1. Under torch.distributed each rank takes items rank, rank + world, ... (no padding duplicates,
     so every image counts exactly once), and the metric states are all-reduced: every rank returns the
-    dataset-level result. The model is put in eval mode and restored to its previous mode afterwards.
+    dataset-level result.
+
+    The network that runs is `inference_model(model, precision, compile)`: a `PointRend` (or a DDP wrapper of
+    one) through the fast path of `prepare_for_inference` -- a folded copy, so `model` itself is left as it
+    is, whatever its mode --, an `InferenceModel` as it was prepared, anything else as it is.
     """
     device = torch.device(device)
+    net = inference_model(model, precision, compile, device)
     rank, world = rank_and_world_size()
     total = len(dataset) if max_images is None else min(len(dataset), max_images)
     indices = list(range(rank, total, world))
@@ -257,8 +291,8 @@ def evaluate(
         )
         for name in ("refined", "coarse")
     }
-    was_training = model.training
-    model.eval()
+    was_training = net.training
+    net.eval()
     start = time.perf_counter()
     try:
         bar = tqdm(loader, total=len(indices), desc="evaluate", unit="img", disable=not progress or rank != 0)
@@ -266,14 +300,14 @@ def evaluate(
             _check_item(indices[position], image, mask)
             image = image.to(device, non_blocking=True)[None]
             mask = mask.to(device)
-            refined, coarse = predict(model, image, mask.shape, eval_cfg, amp_dtype, subdivision)
+            refined, coarse = predict(net, image, mask.shape, eval_cfg, subdivision)
             for name, logits in (("refined", refined), ("coarse", coarse)):
                 pred = logits.argmax(dim=1)[0]
                 confusion, boundary = meters[name]
                 confusion.update(pred, mask)
                 boundary.update(pred, mask)
     finally:
-        model.train(was_training)
+        net.train(was_training)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
@@ -403,7 +437,8 @@ def evaluate_run(
     max_images: int | None = None,
     model: nn.Module | None = None,
     *,
-    amp_dtype: torch.dtype | None = None,
+    precision: Precision = "fp32",
+    compile: bool = False,
     workers: int = 0,
     progress: bool = True,
     replace: bool = False,
@@ -416,8 +451,10 @@ def evaluate_run(
     transforms=eval_transforms(row.data))`. The record's `training` is out_dir/train.json when there is one
     (`engine.records` describes every field) when that summary is of `checkpoint`; every metric is a
     percentage (0-100). An existing out_dir/run.json of another evaluation is never replaced (ValueError)
-    unless `replace` (the caller starts the folder afresh, e.g. the workbook's --force).
+    unless `replace` (the caller starts the folder afresh, e.g. the workbook's --force). The network runs
+    through `inference_model(model, precision, compile)`; the record's `timing` says which.
     """
+    check_precision(precision, device)  # before any data or weights are read
     out_dir = Path(out_dir)
     if checkpoint is not None:
         checkpoint = os.path.abspath(checkpoint)  # absolute: the record is read from other folders
@@ -439,7 +476,7 @@ def evaluate_run(
 
     result = evaluate(
         model, dataset, row.eval, device, num_classes,
-        amp_dtype=amp_dtype, progress=progress, max_images=max_images, workers=workers,
+        precision=precision, compile=compile, progress=progress, max_images=max_images, workers=workers,
     )
     refined = _output_metrics(result.refined, result.refined_boundary, classes)
     coarse = _output_metrics(result.coarse, result.coarse_boundary, classes)
@@ -468,7 +505,8 @@ def evaluate_run(
             images_per_second=result.images_per_second,
             seconds=result.seconds,
             num_images=result.num_images,
-            amp_dtype=str(amp_dtype).removeprefix("torch.") if amp_dtype is not None else None,
+            precision=precision,
+            compiled=compile,
             eval_mode=row.eval.mode,
         ),
         environment=environment(device),
@@ -479,4 +517,6 @@ def evaluate_run(
     return record
 
 
-__all__ = ["predict", "slide_windows", "evaluate", "EvalResult", "evaluate_run", "default_evaluation_folder"]
+__all__ = [
+    "predict", "slide_windows", "inference_model", "evaluate", "EvalResult", "evaluate_run", "default_evaluation_folder",
+]

@@ -110,7 +110,10 @@ class TimingRecord:
     seconds: float | None = None
     """Wall time of the evaluation loop (data loading included; under DDP the slowest process)."""
     num_images: int | None = None
-    amp_dtype: str | None = None
+    precision: str | None = None
+    """The inference precision ("fp32", "bf16", "fp16"; `model.inference.prepare_for_inference`)."""
+    compiled: bool | None = None
+    """Whether the feature extractor ran under torch.compile."""
     eval_mode: str | None = None
 
 

@@ -64,7 +64,7 @@ from pointrend_core.engine.distributed import (
     unwrap,
 )
 from pointrend_core.engine.evaluate import evaluate_run
-from pointrend_core.engine.precision import Amp, amp_dtype, autocast
+from pointrend_core.engine.precision import Amp, autocast, inference_precision
 from pointrend_core.engine.progress import PROGRESS_FILE, TrainProgress
 from pointrend_core.engine.records import RUN_FILE, TRAIN_FILE, TrainRecord, config_json, environment
 from pointrend_core.engine.run_folder import run_folder_lock
@@ -521,7 +521,7 @@ def _evaluate(run: _Run, out_dir: Path, checkpoint: Path | None, model: nn.Modul
         try:
             # These records belong to this training: a resumed run redoing an evaluation replaces its own.
             record = evaluate_run(run.row, checkpoint, run.data_root, out_dir, device, max_images=run.options.eval_max_images,
-                                  model=net, amp_dtype=amp_dtype(run.options.amp), progress=run.options.progress,
+                                  model=net, precision=inference_precision(run.options.amp), progress=run.options.progress,
                                   replace=True)
         finally:
             net.train()

@@ -20,9 +20,10 @@ from pointrend_core.checkpoints import load_checkpoint
 from pointrend_core.config import EvalConfig, ModelConfig, RowConfig
 from pointrend_core.data.datasets import SegmentationDataset
 from pointrend_core.data.transforms import denormalize, eval_transforms
-from pointrend_core.engine.evaluate import evaluate, predict
+from pointrend_core.engine.evaluate import evaluate, inference_model, predict
 from pointrend_core.engine.records import RUN_FILE, RunRecord
 from pointrend_core.model import PointRend, PointRendOutput, Subdivision, build_model
+from pointrend_core.model.inference import Precision
 from pointrend_core.model.points import TrainingPoints, sample_training_points
 from pointrend_core.workbook.figures import PredictionSample
 
@@ -76,10 +77,11 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-@torch.inference_mode()
-def subdivision_output(model: PointRend, sample: EvalSample) -> PointRendOutput:
-    """The eval forward of one image with every subdivision step recorded (B = 1)."""
-    return model(sample.input.to(_device_of(model)), record_steps=True)
+def subdivision_output(model: PointRend, sample: EvalSample, precision: Precision = "fp32") -> PointRendOutput:
+    """The eval forward of one image with every subdivision step recorded (B = 1), through the evaluation's
+    inference path (`engine.evaluate.inference_model`) at `precision`."""
+    net = inference_model(model, precision, device=_device_of(model))
+    return net(sample.input.to(_device_of(model)), record_steps=True)
 
 
 @torch.inference_mode()
@@ -101,15 +103,22 @@ def training_points(
 
 
 def prediction_samples(
-    model: PointRend, dataset: SegmentationDataset, eval_cfg: EvalConfig, indices: Sequence[int]
+    model: PointRend,
+    dataset: SegmentationDataset,
+    eval_cfg: EvalConfig,
+    indices: Sequence[int],
+    precision: Precision = "fp32",
 ) -> list[PredictionSample]:
     """Refined and coarse predictions (H, W) of the images `indices`, as the evaluation computes them
-    (`engine.evaluate.predict`: logits resized to the label size, then argmax). The image stays at the network's
-    input size (H', W'), the same aspect ratio; the figures draw every map on the unit square."""
+    (`engine.evaluate.predict` on `inference_model(model, precision)`: logits resized to the label size, then
+    argmax). The image stays at the network's input size (H', W'), the same aspect ratio; the figures draw
+    every map on the unit square."""
+    device = _device_of(model)
+    net = inference_model(model, precision, device=device)
     samples = []
     for index in indices:
         sample = eval_sample(dataset, index)
-        refined, coarse = predict(model, sample.input.to(_device_of(model)), sample.gt.shape, eval_cfg)
+        refined, coarse = predict(net, sample.input.to(device), sample.gt.shape, eval_cfg)
         samples.append(
             PredictionSample(
                 image=sample.image,
@@ -137,6 +146,7 @@ def subdivision_sweep(
     points: Sequence[int] | None,
     device: str | torch.device = "cpu",
     max_images: int | None = None,
+    precision: Precision = "fp32",
 ) -> pd.DataFrame:
     """Evaluate every (subdivision steps, points per step) pair on the first `max_images` images.
 
@@ -144,7 +154,8 @@ def subdivision_sweep(
     setting; each setting is passed to the evaluation, the model is left as it is. Steps = 0 is the upsampled coarse prediction; it is evaluated once,
     with points = 0. Returns one line per setting: steps, points, mIoU, boundary_mIoU (percent, refined
     output), seconds_per_image (wall time of the evaluation loop, data loading included), images, and
-    row_setting (True on the line of the row's own steps and points).
+    row_setting (True on the line of the row's own steps and points). Every setting runs the same network,
+    prepared once: `engine.evaluate.inference_model(model, precision)`.
     """
     default_steps, default_points = default_sweep(model.cfg)
     steps = default_steps if steps is None else steps
@@ -155,10 +166,11 @@ def subdivision_sweep(
     lines = []
     # The first forward pays one-time costs (allocator growth, kernel selection) that would otherwise be
     # charged to whichever setting comes first.
-    evaluate(model, dataset, eval_cfg, device, model.num_classes, progress=False, max_images=1)
+    net = inference_model(model, precision, device=device)
+    evaluate(net, dataset, eval_cfg, device, model.num_classes, progress=False, max_images=1)
     for num_steps, num_points in settings:
         result = evaluate(
-            model, dataset, eval_cfg, device, model.num_classes, progress=False, max_images=max_images,
+            net, dataset, eval_cfg, device, model.num_classes, progress=False, max_images=max_images,
             subdivision=Subdivision(num_steps, max(num_points, 1)),
         )
         lines.append(

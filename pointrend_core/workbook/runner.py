@@ -40,6 +40,7 @@ from pointrend_core.data.datasets import DemoShapes
 from pointrend_core.data.demo import make_demo_dataset
 from pointrend_core.engine.records import RUN_FILE
 from pointrend_core.engine.run_folder import RunFolderBusy, run_folder_lock
+from pointrend_core.model.inference import Precision, check_precision
 from pointrend_core.workbook.html import render_html, write_index_html
 from pointrend_core.workbook.notebook_progress import CELL_REPORTING_ENGINE, NotebookProgress
 from pointrend_core.workbook.status import RowStatus, read_status
@@ -236,6 +237,7 @@ def run_rows(
     notebooks_dir: str | os.PathLike | None = None,
     progress: bool = True,
     dataset: str | None = None,
+    precision: Precision = "fp32",
 ) -> dict[str, RowStatus]:
     """Run every row in `rows` (names from ROWS) and write the results report and reports/index.html.
 
@@ -243,6 +245,7 @@ def run_rows(
     `dataset` runs each row's recipe on that dataset instead (`config.on_dataset`): the run, its reports and
     its status are named `<row>_<dataset>` (`<row>_<folder name>`). A row that did not finish before
     continues its earlier run (resume); `force` starts it afresh (overwrite).
+    `precision` is the inference precision of every evaluation and figure (fp32, bf16; fp16 on CUDA only).
     `max_iters`, `device` and `extra_params` (any parameter the notebooks declare, e.g. crop_size,
     batch_size, gpus, checkpoint) are injected into the notebooks; a parameter no notebook declares is an
     error. `points` says for which rows the point-selection notebook runs: all (True), none (False) or the
@@ -258,7 +261,10 @@ def run_rows(
             raise FileNotFoundError(
                 f"notebook {notebooks_dir / name} not found; run from a source checkout or pass notebooks_dir"
             )
+    check_precision(precision, "cuda" if str(device).startswith("cuda") else "cpu")
     parameters = {"max_iters": max_iters, "device": device, **(extra_params or {})}
+    if precision != "fp32":  # the notebooks' default; other notebooks (--notebooks-dir) need not declare it
+        parameters["precision"] = precision
     if released_dir is not None and "checkpoint" in parameters:
         raise ValueError("give either released_dir (one checkpoint per row) or a checkpoint parameter, not both")
     declared = {name: declared_parameters(notebooks_dir / name) for name in (TRAIN_EVALUATE, POINT_SELECTION)}
@@ -347,6 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     run.add_argument("--force", action="store_true", help="re-run rows that finished before")
     run.add_argument("--device", default="cpu")
+    run.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                     help="inference precision of the evaluations and figures (fp16: CUDA only); run.json records it")
     run.add_argument("--no-points", action="store_true", help="skip the point-selection notebook")
     run.add_argument(
         "--released-dir", type=Path, metavar="DIR",
@@ -375,6 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             released_dir=args.released_dir,
             notebooks_dir=args.notebooks_dir,
             dataset=args.dataset,
+            precision=args.precision,
         )
     except (ValueError, KeyError, FileNotFoundError) as err:
         parser.error(err.args[0] if isinstance(err, KeyError) else str(err))  # KeyError's str() adds quotes

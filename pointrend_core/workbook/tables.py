@@ -41,6 +41,7 @@ RUN_COLUMNS = [
     "checkpoint",
     "eval_images",
     "val_images",
+    "inference",
     "finished",
 ]
 """Columns of `collect_runs`."""
@@ -92,8 +93,17 @@ def run_summary(run: RunRecord, path: str | os.PathLike) -> dict[str, Any]:
         "checkpoint": run.checkpoint,
         "eval_images": run.data.num_images,
         "val_images": run.data.dataset_size,
+        "inference": inference_label(run),
         "finished": run.environment.get("date"),
     }
+
+
+def inference_label(run: RunRecord) -> str | None:
+    """How the evaluation ran: "fp32", "bf16, compiled", ... (None for records older than the field)."""
+    precision = run.timing.precision
+    if precision is None:
+        return None
+    return f"{precision}, compiled" if run.timing.compiled else precision
 
 
 def dataset_label(class_name: str | None, root: str | None = None) -> str:
@@ -213,6 +223,7 @@ def runs_display(runs: pd.DataFrame) -> pd.DataFrame:
                 f"{int(run['train_iters'])} it, {format_duration(run['train_seconds'])}",
                 "hardware": run["hardware"] or "—",
                 "val images": evaluated,
+                "inference": run["inference"] or "—",
                 "finished": to_the_minute(run["finished"]) or "—",
             }
         )
@@ -221,7 +232,7 @@ def runs_display(runs: pd.DataFrame) -> pd.DataFrame:
 
 RUNS_DISPLAY_COLUMNS = [
     "run folder", "row", "mIoU refined", "mIoU coarse", "boundary refined", "boundary coarse", "training",
-    "hardware", "val images", "finished",
+    "hardware", "val images", "inference", "finished",
 ]
 
 

@@ -20,6 +20,7 @@ from pointrend_core.engine.records import RunRecord
 from pointrend_core.engine.state import FINAL_CHECKPOINT
 from pointrend_core.engine.train import TrainOptions, train
 from pointrend_core.model import PointRend, build_model
+from pointrend_core.model.inference import Precision, check_precision
 
 
 def project_dir(start: str | os.PathLike | None = None) -> Path:
@@ -208,10 +209,14 @@ def train_and_evaluate(
     max_eval_images: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    precision: Precision = "fp32",
+    compile: bool = False,
 ) -> RowRun:
     """Train (unless `checkpoint` is given: then that checkpoint is evaluated), evaluate refined and coarse
     outputs on the validation split (the first `max_eval_images` only, when given) and write out_dir/run.json.
-    Training arguments as `train_row`."""
+    The evaluation runs at `precision`, its features compiled with `compile` (`evaluate_run`); the training
+    arguments are `train_row`'s."""
+    check_precision(precision, device)  # before a training, not after it
     if checkpoint is None:
         checkpoint = train_row(
             row, data_root, out_dir, max_iters=max_iters, gpus=gpus, seed=seed, device=device, workers=workers,
@@ -220,6 +225,6 @@ def train_and_evaluate(
     model = build_model(row)
     record = evaluate_run(
         row, checkpoint, data_root, out_dir, device, max_images=max_eval_images, model=model, progress=False,
-        replace=overwrite,
+        replace=overwrite, precision=precision, compile=compile,
     )
     return RowRun(record, Path(checkpoint), model.eval())
