@@ -32,7 +32,7 @@ from pointrend_core.engine.evaluate import default_evaluation_folder, evaluate_r
 from pointrend_core.engine.records import RUN_FILE
 from pointrend_core.engine.run_folder import run_folder_lock
 from pointrend_core.engine.train import NonFiniteLossError, TrainingInterrupted, TrainOptions, train
-from pointrend_core.model.inference import check_precision
+from pointrend_core.model.inference import PRECISION_DTYPES, check_precision
 
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM, the shell convention
 
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", help="dataset split (default: the row's validation split)")
     evaluate.add_argument("--max-images", type=_positive_int, help="evaluate the first N images only")
     evaluate.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    evaluate.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+    evaluate.add_argument("--precision", choices=tuple(PRECISION_DTYPES), default="fp32",
                           help="inference precision (bf16: CPU or CUDA; fp16: CUDA only); recorded in run.json")
     evaluate.add_argument("--compile", action="store_true",
                           help="torch.compile the feature extractor (the first image and each new size compile)")

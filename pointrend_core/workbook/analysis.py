@@ -80,8 +80,8 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 def subdivision_output(model: PointRend, sample: EvalSample, precision: Precision = "fp32") -> PointRendOutput:
     """The eval forward of one image with every subdivision step recorded (B = 1), through the evaluation's
     inference path (`engine.evaluate.inference_model`) at `precision`."""
-    net = inference_model(model, precision, device=_device_of(model))
-    return net(sample.input.to(_device_of(model)), record_steps=True)
+    device = _device_of(model)
+    return inference_model(model, precision, device=device)(sample.input.to(device), record_steps=True)
 
 
 @torch.inference_mode()

@@ -40,7 +40,7 @@ from pointrend_core.data.datasets import DemoShapes
 from pointrend_core.data.demo import make_demo_dataset
 from pointrend_core.engine.records import RUN_FILE
 from pointrend_core.engine.run_folder import RunFolderBusy, run_folder_lock
-from pointrend_core.model.inference import Precision, check_precision
+from pointrend_core.model.inference import PRECISION_DTYPES, Precision, check_precision
 from pointrend_core.workbook.html import render_html, write_index_html
 from pointrend_core.workbook.notebook_progress import CELL_REPORTING_ENGINE, NotebookProgress
 from pointrend_core.workbook.status import RowStatus, read_status
@@ -353,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     run.add_argument("--force", action="store_true", help="re-run rows that finished before")
     run.add_argument("--device", default="cpu")
-    run.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+    run.add_argument("--precision", choices=tuple(PRECISION_DTYPES), default="fp32",
                      help="inference precision of the evaluations and figures (fp16: CUDA only); run.json records it")
     run.add_argument("--no-points", action="store_true", help="skip the point-selection notebook")
     run.add_argument(
