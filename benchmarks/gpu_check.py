@@ -3,6 +3,7 @@
     python benchmarks/gpu_check.py                 # everything, 200 images per throughput measurement
     python benchmarks/gpu_check.py --images 50     # shorter throughput measurements (slow GPUs)
     python benchmarks/gpu_check.py --verbose       # also print the full log of every failing step
+    python benchmarks/gpu_check.py --rehearse-on-cpu   # the same steps on a CPU machine: checks the script
 
 What it checks, in this order (the training steps use the `demo` row on the procedural demo dataset, written
 to a temporary folder first; every step runs in a subprocess with a timeout, so nothing can hang):
@@ -21,21 +22,32 @@ to a temporary folder first; every step runs in a subprocess with a timeout, so 
    print its "resume: ... at iteration 4" line and end with `iterations` 6 in `train.json`.
 4. Evaluation images/s and peak memory (`torch.cuda.max_memory_allocated` after
    `reset_peak_memory_stats`) of `pointrend_r50_voc` and `pointrend_r101_voc` (random weights) at 512x512 and
-   1024x2048 in fp32, bf16 and fp16 autocast, following the protocol of mmsegmentation's
+   1024x2048: the model as built in fp32 ("eager fp32", the protocol's baseline), and what `evaluate
+   --precision P` runs, `prepare_for_inference(model, P)` for P = fp32, bf16, fp16 ("fast P"), following the
+   protocol of mmsegmentation's
    `tools/analysis_tools/benchmark.py` (open-mmlab/mmsegmentation): batch 1, model in eval mode, 200 images of
    which the first 5 are warm-up and not timed, `torch.cuda.synchronize()` before starting and after finishing
    each image's forward, timed with `time.perf_counter`, images/s = timed images / summed time of those images,
    input already on the device before the clock starts, `torch.backends.cudnn.benchmark = False`. Differences
    from it: random normalised input instead of dataset images, `torch.inference_mode()` instead of
    `torch.no_grad()`, logits only (no resize to an original size, no argmax), and half precision by autocast
-   rather than mmcv's `wrap_fp16_model` (which casts the weights). One subprocess per row and size.
+   (inside the prepared model) rather than mmcv's `wrap_fp16_model` (which casts the weights). One subprocess
+   per row and size.
+
+`--rehearse-on-cpu` runs the same steps on the CPU, for a machine without a GPU: gloo instead of NCCL, 2
+processes for the torchrun steps (so the trainer's own synchronised BatchNorm runs too), fp32 where the GPU
+run resumes in fp16, fp16 steps reported as skipped (bf16 inference too on a CPU without fast bf16 kernels),
+sizes 128x128 and 128x256, 7 images per measurement.
+It checks the script and the package's device-independent paths, not a GPU: its numbers mean nothing.
 
 Not checked from outside: the trainer turns `torch.backends.cudnn.benchmark` on (and TF32 off) on CUDA inside
 `engine.train._prepare_model`; the training steps above run with it, but a separate process cannot observe it.
 
 Budget: every step gets its own timeout, capped by what is left of `--budget` seconds (default 480 = 8 min);
 steps that no longer fit are reported as not run. Expected times on one data-centre GPU (estimates, not yet
-measured): 15-30 s per training step (mostly process start-up), 10-80 s per throughput row and size.
+measured): 15-30 s per training step (mostly process start-up), 15-110 s per throughput row and size (four
+variants). On a slower GPU lower `--images` or raise `--budget` rather than read "not run" as a failure of the
+package.
 
 Reading the output: one line per step while it runs, then one table: `step` (what ran), `result` (pass, FAIL
 or skip), `seconds` (wall time of the step), `detail` (what was measured, or the error message of a failing
@@ -47,6 +59,7 @@ deleted at the end unless a step failed or `--keep` is given.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -73,6 +86,12 @@ DEFAULT_BUDGET = 480.0
 THROUGHPUT_ROWS = ("pointrend_r50_voc", "pointrend_r101_voc")
 THROUGHPUT_SIZES = ((512, 512), (1024, 2048))
 PRECISIONS = ("fp32", "bf16", "fp16")
+VARIANTS = ("eager fp32", "fast fp32", "fast bf16", "fast fp16")
+"""What a throughput step measures: the model as built ("eager", mmsegmentation's protocol) and what
+`evaluate --precision P` runs (`prepare_for_inference(model, P)`, "fast")."""
+REHEARSAL_SIZES = ((128, 128), (128, 256))
+REHEARSAL_IMAGES = 7
+REHEARSAL_PROCESSES = 2
 TRAIN_ITERS = 6
 DDP_STEPS = 3
 NOT_RUN_BELOW = 5.0
@@ -82,7 +101,7 @@ NO_CUDA_MESSAGE = (
     "gpu_check: no CUDA device is visible (torch.cuda.is_available() is False), nothing was checked; on a GPU "
     "machine this checks train --amp fp16 (GradScaler) and bf16, torchrun with NCCL + SyncBatchNorm + DDP, "
     "resume on GPU, and eval images/s + peak memory of pointrend_r50_voc/pointrend_r101_voc at 512x512 and "
-    "1024x2048 in fp32/bf16/fp16"
+    "1024x2048 in fp32/bf16/fp16 (--rehearse-on-cpu runs the same steps on this CPU, to check the script)"
 )
 
 
@@ -168,6 +187,17 @@ def bf16_supported() -> bool:
         return bool(torch.cuda.is_bf16_supported(including_emulation=False))
     except TypeError:  # torch without the argument
         return bool(torch.cuda.is_bf16_supported())
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN has fast bf16 kernels on this CPU (AVX-512 or AMX); without them bf16 runs on a
+    reference path many times slower than fp32."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def autocast_context(device_type: str, precision: str) -> Any:
@@ -315,11 +345,26 @@ def torchrun(nproc: int, *args: str) -> list[str]:
 class Context:
     work: Path
     gpus: int
+    """Processes for the torchrun steps: the visible GPUs (or 2 CPU processes in a rehearsal)."""
     bf16: bool
     images: int
     verbose: bool
     deadline: float
     """time.monotonic() at which the budget ends."""
+    device: str = "cuda"
+    """"cpu" in a rehearsal (`--rehearse-on-cpu`): the same steps, gloo instead of NCCL, no fp16."""
+    sizes: tuple[tuple[int, int], ...] = THROUGHPUT_SIZES
+
+    @property
+    def rehearsal(self) -> bool:
+        return self.device != "cuda"
+
+    @property
+    def units(self) -> str:
+        """"2 CPU processes", "1 GPU", "4 GPUs": what the torchrun steps run on."""
+        if self.rehearsal:
+            return f"{self.gpus} CPU process{'es' if self.gpus > 1 else ''}"
+        return f"{self.gpus} GPU{'s' if self.gpus > 1 else ''}"
 
     @property
     def demo_root(self) -> Path:
@@ -346,7 +391,7 @@ def _slug(name: str) -> str:
 
 def train_command(ctx: Context, out: Path, *extra: str, amp: str = "none") -> list[str]:
     return ["-m", "pointrend_core", "train", "--config", "demo", "--data-root", str(ctx.demo_root),
-            "--device", "cuda", "--amp", amp, "--out", str(out), "--no-progress", *extra]
+            "--device", ctx.device, "--amp", amp, "--out", str(out), "--no-progress", *extra]
 
 
 def read_train_json(out: Path) -> dict[str, Any]:
@@ -373,10 +418,13 @@ def check_demo_data(ctx: Context) -> CheckResult:
 
 
 def check_train_amp(ctx: Context, amp: str) -> CheckResult:
-    """`train --amp fp16|bf16` for TRAIN_ITERS iterations on cuda."""
+    """`train --amp fp16|bf16` for TRAIN_ITERS iterations on the context's device."""
     import torch
 
     name = f"train --amp {amp}" + (" (GradScaler)" if amp == "fp16" else "")
+    if amp == "fp16" and ctx.rehearsal:
+        print("  skipped: fp16 training needs CUDA", flush=True)
+        return CheckResult(name, True, 0.0, "skipped: fp16 training needs CUDA (a rehearsal runs on the CPU)")
     if amp == "bf16" and not ctx.bf16:
         print("  skipped: GPU has no bf16", flush=True)
         return CheckResult(name, True, 0.0, "skipped: GPU has no bf16 (torch.cuda.is_bf16_supported() is False)")
@@ -390,7 +438,7 @@ def check_train_amp(ctx: Context, amp: str) -> CheckResult:
     problems = []
     if summary.get("iterations") != TRAIN_ITERS:
         problems.append(f"train.json iterations {summary.get('iterations')}, expected {TRAIN_ITERS}")
-    if summary.get("amp") != amp or not str(summary.get("device", "")).startswith("cuda"):
+    if summary.get("amp") != amp or not str(summary.get("device", "")).startswith(ctx.device):
         problems.append(f"train.json says amp {summary.get('amp')} on {summary.get('device')}")
     if not finite:
         problems.append(f"final losses not finite: {summary.get('final_losses')}")
@@ -408,9 +456,10 @@ def check_train_amp(ctx: Context, amp: str) -> CheckResult:
 
 
 def check_ddp_worker(ctx: Context) -> CheckResult:
-    """This script's --ddp-worker under torchrun over every visible GPU."""
-    name = f"torchrun NCCL + SyncBatchNorm + DDP ({ctx.gpus} GPU{'s' if ctx.gpus > 1 else ''})"
-    done = ctx.run(name, torchrun(ctx.gpus, str(Path(__file__).resolve()), "--ddp-worker"), 180)
+    """This script's --ddp-worker under torchrun over every visible GPU (2 CPU processes in a rehearsal)."""
+    backend = "gloo" if ctx.rehearsal else "NCCL"
+    name = f"torchrun {backend} + SyncBatchNorm + DDP ({ctx.units})"
+    done = ctx.run(name, torchrun(ctx.gpus, str(Path(__file__).resolve()), "--ddp-worker", "--device", ctx.device), 180)
     records = parse_records(done.output)
     if not done.ok or not records:
         return ctx.fail(name, done.seconds, error_line(done.output) if not done.ok else "worker printed no result",
@@ -436,8 +485,8 @@ def ddp_detail(record: dict[str, Any]) -> str:
 
 
 def check_torchrun_trainer(ctx: Context) -> CheckResult:
-    """The real trainer under torchrun over every GPU (only with more than one)."""
-    name = f"torchrun train ({ctx.gpus} GPUs)"
+    """The real trainer under torchrun over every GPU (only with more than one; 2 CPU processes in a rehearsal)."""
+    name = f"torchrun train ({ctx.units})"
     if ctx.gpus < 2:
         return CheckResult("torchrun train (needs 2+ GPUs)", True, 0.0,
                            "skipped: one GPU (the trainer uses SyncBatchNorm only when WORLD_SIZE > 1)")
@@ -461,20 +510,22 @@ def check_torchrun_trainer(ctx: Context) -> CheckResult:
     if problems:
         return ctx.fail(name, done.seconds, "; ".join(problems), done.output)
     return CheckResult(name, True, done.seconds,
-                       f"world size {ctx.gpus}, {summary['synchronized_batchnorm_layers']} SyncBatchNorm layers, "
+                       f"world size {ctx.gpus}, {summary['synchronized_batchnorm_layers']} synchronised BatchNorm layers, "
                        f"{iters} iterations, {losses}")
 
 
 def check_resume(ctx: Context) -> CheckResult:
-    """4 iterations (checkpoint every 2), then --resume to 6; fp16 so that the GradScaler state is restored too."""
-    name = "resume on GPU (fp16)"
+    """4 iterations (checkpoint every 2), then --resume to 6; fp16 so that the GradScaler state is restored too
+    (fp32 in a rehearsal on the CPU)."""
+    amp = "none" if ctx.rehearsal else "fp16"  # the CPU: bf16 training has run in step 3; fp32 is faster there
+    name = "resume on CPU (fp32)" if ctx.rehearsal else "resume on GPU (fp16)"
     out = ctx.work / "train_resume"
     first = ctx.run(name + " part 1", [sys.executable, *train_command(ctx, out, "--max-iters", "4",
-                                                                      "--checkpoint-every", "2", amp="fp16")], 180)
+                                                                      "--checkpoint-every", "2", amp=amp)], 180)
     if not first.ok:
         return ctx.fail(name, first.seconds, "first run: " + error_line(first.output), first.output)
     second = ctx.run(name + " part 2", [sys.executable, *train_command(ctx, out, "--max-iters", "6", "--resume",
-                                                                       amp="fp16")], 180)
+                                                                       amp=amp)], 180)
     seconds = first.seconds + second.seconds
     if not second.ok:
         return ctx.fail(name, seconds, "resumed run: " + error_line(second.output), second.output)
@@ -493,17 +544,21 @@ def check_resume(ctx: Context) -> CheckResult:
 
 
 def check_throughput(ctx: Context, row: str, size: tuple[int, int]) -> list[CheckResult]:
-    """One subprocess (`--throughput-worker`) measuring fp32, bf16 and fp16 of one row at one size."""
+    """One subprocess (`--throughput-worker`) measuring every VARIANTS entry of one row at one size."""
     group = f"eval {row} {size[0]}x{size[1]}"
-    per_image = 0.3 if size[0] * size[1] <= 512 * 512 else 1.2  # generous seconds per image over 3 precisions
+    per_image = 0.4 if size[0] * size[1] <= 512 * 512 else 1.6  # generous seconds per image over the 4 variants
+    if ctx.rehearsal:
+        per_image = 10.0  # CPU with fast bf16 kernels: about a second per image per variant; generous
     done = ctx.run(group, [sys.executable, str(Path(__file__).resolve()), "--throughput-worker", "--row", row,
-                           "--size", f"{size[0]}x{size[1]}", "--images", str(ctx.images)], 60 + per_image * ctx.images)
-    records = {record["precision"]: record for record in parse_records(done.output)}
+                           "--size", f"{size[0]}x{size[1]}", "--images", str(ctx.images), "--device", ctx.device,
+                           *(["--skip-slow-bf16"] if ctx.rehearsal else [])],
+                   60 + per_image * ctx.images)
+    records = {record["variant"]: record for record in parse_records(done.output)}
     results: list[CheckResult] = []
     log_shown = False
-    for precision in PRECISIONS:
-        name = f"{group} {precision}"
-        record = records.get(precision)
+    for variant in VARIANTS:
+        name = f"{group} {variant}"
+        record = records.get(variant)
         if record is None:
             message = error_line(done.output) if not done.ok else "worker printed no result"
             results.append(ctx.fail(name, 0.0, message, None if log_shown else done.output))
@@ -581,34 +636,52 @@ def ddp_worker(device_type: str = "cuda", size: int = 128, batch: int = 2, steps
     return 0 if ok else 1
 
 
-def throughput_worker(row: str, size: tuple[int, int], images: int, device_type: str = "cuda") -> int:
-    """Emit one record per precision (fp32, bf16, fp16) for `row` at `size`; a failing precision records its
-    error and the others still run."""
+def throughput_worker(row: str, size: tuple[int, int], images: int, device_type: str = "cuda",
+                      skip_slow_bf16: bool = False) -> int:
+    """Emit one record per VARIANTS entry for `row` at `size`: the model as built in fp32 (mmsegmentation's
+    protocol), then `prepare_for_inference(model, precision)` in fp32, bf16 and fp16 (what `evaluate
+    --precision` runs; its own autocast, none outside). A failing variant records its error and the others
+    still run. `skip_slow_bf16` (a rehearsal): bf16 on a CPU without fast bf16 kernels is reported skipped
+    instead of taking seconds per image."""
     import torch
 
-    from pointrend_core import build_model
+    from pointrend_core import build_model, prepare_for_inference
 
     torch.backends.cudnn.benchmark = False  # as mmsegmentation's benchmark.py
     device = torch.device(device_type)
-    model = build_model(row).to(device).eval()
-    failed = False
-    for precision in PRECISIONS:
+    model = build_model(row).eval()  # stays on the CPU: only the measured variant's weights are on the device,
+    failed = False                   # so each peak memory counts one set of weights
+    for variant in VARIANTS:
+        precision = variant.split()[1]
         if precision == "bf16" and device.type == "cuda" and not bf16_supported():
-            emit({"precision": precision, "skipped": "GPU has no bf16"})
+            emit({"variant": variant, "skipped": "GPU has no bf16"})
+            continue
+        if precision == "fp16" and device.type != "cuda":
+            emit({"variant": variant, "skipped": "fp16 inference needs CUDA"})
+            continue
+        if precision == "bf16" and device.type == "cpu" and skip_slow_bf16 and not cpu_has_fast_bf16():
+            emit({"variant": variant, "skipped": "this CPU has no fast bf16 kernels (no AVX-512 or AMX)"})
             continue
         start = time.perf_counter()
+        net = None
         try:
-            result = measure_throughput(model, size, device=device, images=images, precision=precision)
+            if variant.startswith("eager"):
+                net = copy.deepcopy(model).to(device)
+            else:
+                net = prepare_for_inference(model, precision, device=device).to(device)
+            result = measure_throughput(net, size, device=device, images=images)
             if result.logits_shape[-2:] != tuple(size):
                 raise RuntimeError(f"logits of shape {result.logits_shape} for a {size[0]}x{size[1]} input")
-        except Exception as error:  # report and go on with the next precision
+        except Exception as error:  # report and go on with the next variant
             failed = True
-            emit({"precision": precision, "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc(),
+            emit({"variant": variant, "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc(),
                   "seconds": time.perf_counter() - start})
+            continue
+        finally:
+            del net
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            continue
-        emit({"precision": precision, "images_per_second": result.images_per_second,
+        emit({"variant": variant, "images_per_second": result.images_per_second,
               "timed_images": result.timed_images, "warmup": WARMUP, "peak_memory_mib": result.peak_memory_mib,
               "seconds": time.perf_counter() - start})
     return 1 if failed else 0
@@ -621,19 +694,26 @@ def throughput_worker(row: str, size: tuple[int, int], images: int, device_type:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=DEFAULT_IMAGES,
-                        help=f"images per throughput measurement, the first {WARMUP} not timed (default {DEFAULT_IMAGES})")
+    parser.add_argument("--images", type=int, default=None,
+                        help=f"images per throughput measurement, the first {WARMUP} not timed (default {DEFAULT_IMAGES}; "
+                             f"{REHEARSAL_IMAGES} in a rehearsal)")
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
                         help=f"seconds for all steps; steps that no longer fit are not run (default {DEFAULT_BUDGET:.0f})")
     parser.add_argument("--verbose", action="store_true", help="print the full log of every failing step")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder of logs and runs")
+    parser.add_argument("--rehearse-on-cpu", action="store_true",
+                        help="run the same steps on this CPU (gloo, 2 processes, bf16, small sizes, "
+                             f"{REHEARSAL_IMAGES} images): checks the script itself on a machine without a GPU")
     # worker modes, run by the checks themselves
     parser.add_argument("--ddp-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--throughput-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--row", default=THROUGHPUT_ROWS[0], help=argparse.SUPPRESS)
     parser.add_argument("--size", default="512x512", help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help=argparse.SUPPRESS)
+    parser.add_argument("--skip-slow-bf16", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.images is None:
+        args.images = REHEARSAL_IMAGES if args.rehearse_on_cpu else DEFAULT_IMAGES
     if args.images <= WARMUP:
         parser.error(f"--images must be more than the {WARMUP} warm-up images, got {args.images}")
     return args
@@ -646,11 +726,11 @@ def run_checks(ctx: Context) -> list[CheckResult]:
         ("make demo data", lambda: check_demo_data(ctx)),
         ("train --amp fp16 (GradScaler)", lambda: check_train_amp(ctx, "fp16")),
         ("train --amp bf16", lambda: check_train_amp(ctx, "bf16")),
-        ("torchrun NCCL + SyncBatchNorm + DDP", lambda: check_ddp_worker(ctx)),
+        (f"torchrun {'gloo' if ctx.rehearsal else 'NCCL'} + SyncBatchNorm + DDP", lambda: check_ddp_worker(ctx)),
         ("torchrun train", lambda: check_torchrun_trainer(ctx)),
-        ("resume on GPU (fp16)", lambda: check_resume(ctx)),
+        ("resume on CPU (fp32)" if ctx.rehearsal else "resume on GPU (fp16)", lambda: check_resume(ctx)),
     ]
-    for size in THROUGHPUT_SIZES:
+    for size in ctx.sizes:
         for row in THROUGHPUT_ROWS:
             steps.append((f"eval {row} {size[0]}x{size[1]}", lambda row=row, size=size: check_throughput(ctx, row, size)))
 
@@ -686,22 +766,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ddp_worker(args.device, size=128 if args.device == "cuda" else 64)  # 128: the demo crop
     if args.throughput_worker:
         height, width = (int(v) for v in args.size.lower().split("x"))
-        return throughput_worker(args.row, (height, width), args.images, args.device)
+        return throughput_worker(args.row, (height, width), args.images, args.device, args.skip_slow_bf16)
 
     import torch
 
-    if not torch.cuda.is_available():
+    if not args.rehearse_on_cpu and not torch.cuda.is_available():
         print(NO_CUDA_MESSAGE, file=sys.stderr)
         return EXIT_NO_CUDA
-
-    gpus = torch.cuda.device_count()
-    names = ", ".join(sorted({torch.cuda.get_device_name(i) for i in range(gpus)}))
     work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
-    ctx = Context(work=work, gpus=gpus, bf16=bf16_supported(), images=args.images, verbose=args.verbose,
-                  deadline=time.monotonic() + args.budget)
-    print(f"gpu_check: {gpus} x {names}; torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN "
-          f"{torch.backends.cudnn.version()}; bf16 {'yes' if ctx.bf16 else 'no'}; budget {args.budget:.0f} s; "
-          f"{args.images} images per throughput measurement; logs in {work}", flush=True)
+    if args.rehearse_on_cpu:
+        ctx = Context(work=work, gpus=REHEARSAL_PROCESSES, bf16=True, images=args.images, verbose=args.verbose,
+                      deadline=time.monotonic() + args.budget, device="cpu", sizes=REHEARSAL_SIZES)
+        print(f"gpu_check: REHEARSAL on the CPU ({REHEARSAL_PROCESSES} gloo processes, no fp16, sizes "
+              f"{', '.join(f'{h}x{w}' for h, w in REHEARSAL_SIZES)}): checks this script, not a GPU; torch "
+              f"{torch.__version__}; budget {args.budget:.0f} s; {args.images} images per throughput measurement; "
+              f"logs in {work}", flush=True)
+    else:
+        gpus = torch.cuda.device_count()
+        names = ", ".join(sorted({torch.cuda.get_device_name(i) for i in range(gpus)}))
+        ctx = Context(work=work, gpus=gpus, bf16=bf16_supported(), images=args.images, verbose=args.verbose,
+                      deadline=time.monotonic() + args.budget)
+        print(f"gpu_check: {gpus} x {names}; torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN "
+              f"{torch.backends.cudnn.version()}; bf16 {'yes' if ctx.bf16 else 'no'}; budget {args.budget:.0f} s; "
+              f"{args.images} images per throughput measurement; logs in {work}", flush=True)
     start = time.perf_counter()
     results = run_checks(ctx)
     print()

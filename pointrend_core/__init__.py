@@ -4,6 +4,7 @@
     model = build_model("pointrend_r50_voc")
     load_checkpoint(model, "pointrend_resnet50os32_voc.pth")
     out = model.eval()(images)      # out.logits (B, C, H, W), out.coarse_logits (B, C, H/4, W/4)
+    fast = prepare_for_inference(model, precision="bf16")   # the same outputs, faster (docs/inference.md)
 
 The layers, bottom to top (each imports only those before it): `labels`, `files` -> `data` -> `config` ->
 `model`, `checkpoints` -> `engine` -> `workbook`. docs/architecture.md draws the data flow.
@@ -22,6 +23,8 @@ _EXPORTS = {
     "PointRend": "pointrend_core.model",
     "PointRendOutput": "pointrend_core.model",
     "fuse_for_inference": "pointrend_core.model",
+    "prepare_for_inference": "pointrend_core.model.inference",
+    "InferenceModel": "pointrend_core.model.inference",
     "load_checkpoint": "pointrend_core.checkpoints",
     "save_checkpoint": "pointrend_core.checkpoints",
 }

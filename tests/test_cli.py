@@ -144,6 +144,26 @@ def test_make_demo_data_train_and_evaluate(tmp_path: Path, capsys: pytest.Captur
     assert bf16_run["timing"]["precision"] == "bf16" and bf16_run["timing"]["compiled"] is False
 
 
+def test_only_the_command_line_process_keeps_its_freed_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python -m pointrend_core evaluate` owns its process and calls `retain_freed_memory` (process-wide);
+    `main()` called from another program (a notebook, these tests) must leave that program's malloc alone."""
+    import pointrend_core.__main__ as cli
+
+    calls: list[int] = []
+    monkeypatch.setattr(cli, "retain_freed_memory", lambda: calls.append(1) or True)
+    root = tmp_path / "demo"
+    assert main(["make-demo-data", "--out", str(root), "--num-images", "6", "--seed", "2"]) == 0
+    run = tmp_path / "run"
+    assert main(["train", "--config", "demo", "--data-root", str(root), "--out", str(run), "--crop", "64", "64",
+                 "--batch-size", "2", "--max-iters", "1", "--device", "cpu", "--workers", "0", "--no-progress"]) == 0
+    evaluate = ["evaluate", "--config", "demo", "--data-root", str(root), "--checkpoint",
+                str(run / "checkpoint_final.pth"), "--max-images", "1", "--device", "cpu", "--no-progress"]
+    assert main([*evaluate, "--out", str(tmp_path / "embedded")]) == 0
+    assert calls == []
+    assert main([*evaluate, "--out", str(tmp_path / "own")], own_process=True) == 0
+    assert calls == [1]
+
+
 @pytest.mark.slow
 def test_a_bad_image_in_a_loader_worker_ends_the_run_at_once_with_its_message(tmp_path: Path) -> None:
     """With loader workers (the default) a decoding error used to leave the process waiting on its workers

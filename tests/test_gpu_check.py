@@ -166,3 +166,64 @@ def test_ddp_worker_runs_and_reports(monkeypatch: pytest.MonkeyPatch, capsys: py
     detail = gpu_check.ddp_detail(record)
     assert detail.startswith("1 process(es), ") and "identical on all ranks" in detail
     assert detail.endswith("(1 process: torch's SyncBatchNorm uses its local kernel)")
+
+
+def test_throughput_worker_reports_every_variant_on_cpu() -> None:
+    """The worker a throughput step runs, as the parent runs it: one record per variant, the eager model and
+    the prepared one in each precision, fp16 skipped off CUDA."""
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT), "--throughput-worker", "--row", "demo", "--size", "32x48", "--images", "6",
+         "--device", "cpu"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=240)
+    assert completed.returncode == 0, completed.stderr
+    records = {r["variant"]: r for r in gpu_check.parse_records(completed.stdout)}
+    assert list(records) == list(gpu_check.VARIANTS)
+    for variant in ("eager fp32", "fast fp32", "fast bf16"):
+        assert records[variant]["timed_images"] == 1 and records[variant]["images_per_second"] > 0
+        assert records[variant]["peak_memory_mib"] is None
+    assert records["fast fp16"] == {"variant": "fast fp16", "skipped": "fp16 inference needs CUDA"}
+
+
+def test_a_rehearsal_skips_bf16_inference_only_where_the_cpu_lacks_fast_kernels(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    for fast, expected in ((False, {"skipped": "this CPU has no fast bf16 kernels (no AVX-512 or AMX)"}),
+                           (True, None)):
+        monkeypatch.setattr(gpu_check, "cpu_has_fast_bf16", lambda fast=fast: fast)
+        assert gpu_check.throughput_worker("demo", (32, 48), 6, "cpu", skip_slow_bf16=True) == 0
+        bf16 = {r["variant"]: r for r in gpu_check.parse_records(capsys.readouterr().out)}["fast bf16"]
+        if expected is None:
+            assert bf16["timed_images"] == 1 and bf16["images_per_second"] > 0
+        else:
+            assert {k: v for k, v in bf16.items() if k != "variant"} == expected
+
+
+def test_a_throughput_step_reads_every_variant_and_reports_a_missing_one(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the parent makes of a worker's output: a row per variant, in order; a record the worker never
+    printed is a failure naming the worker's error; the worker is given the context's device and, in a
+    rehearsal, --skip-slow-bf16."""
+    ctx = gpu_check.Context(work=tmp_path, gpus=2, bf16=True, images=7, verbose=False,
+                            deadline=time.monotonic() + 600, device="cpu", sizes=gpu_check.REHEARSAL_SIZES)
+    output = "\n".join([
+        gpu_check.MARKER + '{"variant": "eager fp32", "images_per_second": 3.5, "timed_images": 2, "warmup": 5, '
+                           '"peak_memory_mib": null, "seconds": 2.0}',
+        gpu_check.MARKER + '{"variant": "fast fp32", "error": "RuntimeError: boom", "seconds": 0.5}',
+        gpu_check.MARKER + '{"variant": "fast fp16", "skipped": "fp16 inference needs CUDA"}',
+        "Traceback (most recent call last):", "MemoryError: out of memory",
+    ])
+    commands = []
+    monkeypatch.setattr(ctx, "run", lambda name, command, limit: commands.append(command)
+                        or gpu_check.Completed(1, output, 3.0))
+    results = gpu_check.check_throughput(ctx, "pointrend_r50_voc", (128, 256))
+    assert [r.name for r in results] == [f"eval pointrend_r50_voc 128x256 {v}" for v in gpu_check.VARIANTS]
+    assert [r.status for r in results] == ["pass", "FAIL", "FAIL", "skip"]
+    assert results[0].detail == "3.50 img/s (2 timed after 5 warm-up), peak n/a"
+    assert results[1].detail == "RuntimeError: boom"
+    assert results[2].detail == "MemoryError: out of memory"  # bf16 printed nothing: the worker's last error
+    command = commands[0]
+    assert command[command.index("--device") + 1] == "cpu" and "--skip-slow-bf16" in command
+    assert command[command.index("--images") + 1] == "7"
+
+
+def test_a_rehearsal_defaults_to_a_few_images() -> None:
+    assert gpu_check.parse_args(["--rehearse-on-cpu"]).images == gpu_check.REHEARSAL_IMAGES == 7
+    assert gpu_check.parse_args(["--rehearse-on-cpu", "--images", "9"]).images == 9
