@@ -20,8 +20,10 @@ install: $(STAMP)
 demo: install
 	$(PY) -m pointrend_core.workbook run --rows $(ROWS)
 
+# One worker per core, whole files per worker (module fixtures are built once); tests/conftest.py gives each
+# worker one thread.
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 benchmarks: install
 	$(PY) benchmarks/inference.py --sizes 512x512
