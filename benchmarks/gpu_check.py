@@ -189,17 +189,6 @@ def bf16_supported() -> bool:
         return bool(torch.cuda.is_bf16_supported())
 
 
-def cpu_has_fast_bf16() -> bool:
-    """Whether oneDNN has fast bf16 kernels on this CPU (AVX-512 or AMX); without them bf16 runs on a
-    reference path many times slower than fp32."""
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def autocast_context(device_type: str, precision: str) -> Any:
     import torch
 
@@ -646,6 +635,7 @@ def throughput_worker(row: str, size: tuple[int, int], images: int, device_type:
     import torch
 
     from pointrend_core import build_model, prepare_for_inference
+    from pointrend_core.model.inference import cpu_has_fast_bf16
 
     torch.backends.cudnn.benchmark = False  # as mmsegmentation's benchmark.py
     device = torch.device(device_type)

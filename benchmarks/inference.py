@@ -57,7 +57,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pointrend_core.checkpoints import load_checkpoint  # noqa: E402
 from pointrend_core.config import get_row  # noqa: E402
 from pointrend_core.model import PointRend, build_model, fuse_for_inference  # noqa: E402
-from pointrend_core.model.inference import InferenceModel, prepare_for_inference, retain_freed_memory  # noqa: E402
+from pointrend_core.model.inference import (  # noqa: E402
+    InferenceModel,
+    cpu_has_fast_bf16,
+    prepare_for_inference,
+    retain_freed_memory,
+)
 
 PATHS = ["eager fp32", "fast fp32", "fast fp32+compile", "fast bf16", "fast bf16+compile"]
 EAGER = "eager fp32"
@@ -81,15 +86,6 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> f
     return statistics.median(run_times(fn, repeats, warmup))
 
 
-def fast_bf16() -> bool:
-    """Whether oneDNN has fast bf16 kernels on this CPU (AVX-512 or AMX). Without them a bf16 convolution
-    runs on a slow reference path (measured on an AVX2-only CPU: 14 GFLOP/s against fp32's 122-137)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def gemm_rates(n: int, repeats: int) -> dict[str, float]:
     """GFLOP/s of an n x n x n product: {"fp32 matmul", "fp32 oneDNN", "bf16 matmul", "bf16 oneDNN"}, each
     from its fastest of `repeats` runs: a limit is what the machine can do, not what it does on average."""
@@ -99,7 +95,7 @@ def gemm_rates(n: int, repeats: int) -> dict[str, float]:
     generator = torch.Generator().manual_seed(0)
     with torch.inference_mode():
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-            if name == "bf16" and not fast_bf16():  # the slow path: a smaller product, the rate is what counts
+            if name == "bf16" and not cpu_has_fast_bf16():  # the slow path: a smaller product, the rate is what counts
                 n, repeats = 512, 2
                 flops, cols = 2 * n**3, n // rows
             a = torch.randn(n, n, generator=generator).to(dtype)
@@ -399,7 +395,7 @@ def levers(row_name: str, size: tuple[int, int], repeats: int, rates: dict[str, 
         ("bf16 channels-last, BN folded", True, True, None, False, torch.bfloat16, {}),
         ("bf16 channels-last + compile + freezing", True, True, "default", True, torch.bfloat16, {}),
     ]
-    if not fast_bf16():  # minutes per call on the reference path (measured: 252 s at 512x512), and no target
+    if not cpu_has_fast_bf16():  # minutes per call on the reference path (measured: 252 s at 512x512), and no target
         print("\nlevers: the bf16 variants are left out (this CPU has no fast bf16 kernels)")
         variants = [v for v in variants if v[5] is None]
     rows = []
@@ -510,7 +506,7 @@ def main(argv: list[str] | None = None) -> dict[str, pd.DataFrame]:
         torch.set_num_threads(args.threads)
     sys.stdout.reconfigure(line_buffering=True)  # each table as soon as it is measured, also into a file
     paths = [p for p in PATHS if p in args.paths]
-    bf16_native = fast_bf16()
+    bf16_native = cpu_has_fast_bf16()
     if not bf16_native and args.paths == PATHS:
         # A forward at 1024x2048 would take minutes per call; the targets only ask bf16 of such CPUs anyway.
         print("this CPU has no fast bf16 kernels (no AVX-512 or AMX): the bf16 paths are timed only when named "

@@ -185,9 +185,11 @@ def test_throughput_worker_reports_every_variant_on_cpu() -> None:
 
 def test_a_rehearsal_skips_bf16_inference_only_where_the_cpu_lacks_fast_kernels(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import pointrend_core.model.inference as pointrend_inference
+
     for fast, expected in ((False, {"skipped": "this CPU has no fast bf16 kernels (no AVX-512 or AMX)"}),
                            (True, None)):
-        monkeypatch.setattr(gpu_check, "cpu_has_fast_bf16", lambda fast=fast: fast)
+        monkeypatch.setattr(pointrend_inference, "cpu_has_fast_bf16", lambda fast=fast: fast)
         assert gpu_check.throughput_worker("demo", (32, 48), 6, "cpu", skip_slow_bf16=True) == 0
         bf16 = {r["variant"]: r for r in gpu_check.parse_records(capsys.readouterr().out)}["fast bf16"]
         if expected is None:
