@@ -86,53 +86,52 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> f
     return statistics.median(run_times(fn, repeats, warmup))
 
 
+class GemmProbe:
+    """GEMM rates of an n x n x n product in `dtype`, in GFLOP/s, two ways: `torch.matmul` (MKL for fp32,
+    oneDNN for bf16) and oneDNN's own GEMM (a channels-last 1x1 convolution over n pixels), each the fastest
+    of `runs` runs: a limit is what the machine can do, not what it does on average. Calling it gives the
+    better of the two, the limit *now*.
+
+    `measure_size` calls an fp32 probe once per round of the paths, so that each path's share of the limit
+    compares it with what the CPU could do at that moment: on a shared or frequency-scaled machine the GEMM
+    rate itself drifts by 10-40 % within one run (measured here: 124 GFLOP/s at the start of a run, 145 at
+    its end)."""
+
+    def __init__(self, n: int, dtype: torch.dtype = torch.float32, runs: int = 3, warmup: int = 1) -> None:
+        generator = torch.Generator().manual_seed(0)
+        rows = 32
+        self.a = torch.randn(n, n, generator=generator).to(dtype)
+        self.b = torch.randn(n, n, generator=generator).to(dtype)
+        cl = torch.channels_last
+        self.x = torch.randn(1, n, rows, n // rows, generator=generator).to(dtype).contiguous(memory_format=cl)
+        self.w = torch.randn(n, n, 1, 1, generator=generator).to(dtype).contiguous(memory_format=cl)
+        self.flops, self.runs, self.warmup = 2 * n**3, runs, warmup
+
+    def rates(self) -> dict[str, float]:
+        """{"matmul": GFLOP/s, "oneDNN": GFLOP/s}."""
+        with torch.inference_mode():
+            matmul = min(run_times(lambda: self.a @ self.b, self.runs, self.warmup))
+            onednn = min(run_times(lambda: F.conv2d(self.x, self.w), self.runs, self.warmup))
+        return {"matmul": self.flops / matmul / 1e9, "oneDNN": self.flops / onednn / 1e9}
+
+    def __call__(self) -> float:
+        return max(self.rates().values())
+
+
 def gemm_rates(n: int, repeats: int) -> dict[str, float]:
-    """GFLOP/s of an n x n x n product: {"fp32 matmul", "fp32 oneDNN", "bf16 matmul", "bf16 oneDNN"}, each
-    from its fastest of `repeats` runs: a limit is what the machine can do, not what it does on average."""
+    """{"fp32 matmul", "fp32 oneDNN", "bf16 matmul", "bf16 oneDNN"}: `GemmProbe` rates, GFLOP/s."""
     rates = {}
-    flops = 2 * n**3
-    rows, cols = 32, n // 32  # the 1x1 convolution's n pixels
-    generator = torch.Generator().manual_seed(0)
-    with torch.inference_mode():
-        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-            if name == "bf16" and not cpu_has_fast_bf16():  # the slow path: a smaller product, the rate is what counts
-                n, repeats = 512, 2
-                flops, cols = 2 * n**3, n // rows
-            a = torch.randn(n, n, generator=generator).to(dtype)
-            b = torch.randn(n, n, generator=generator).to(dtype)
-            rates[f"{name} matmul"] = flops / min(run_times(lambda: a @ b, repeats, warmup=3)) / 1e9
-            x = torch.randn(1, n, rows, cols, generator=generator).to(dtype).contiguous(memory_format=torch.channels_last)
-            w = torch.randn(n, n, 1, 1, generator=generator).to(dtype).contiguous(memory_format=torch.channels_last)
-            rates[f"{name} oneDNN"] = flops / min(run_times(lambda: F.conv2d(x, w), repeats, warmup=3)) / 1e9
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        size, runs = n, repeats
+        if name == "bf16" and not cpu_has_fast_bf16():  # the slow path: a smaller product, the rate is what counts
+            size, runs = 512, 2
+        for way, rate in GemmProbe(size, dtype, runs, warmup=3).rates().items():
+            rates[f"{name} {way}"] = rate
     return rates
 
 
 def limit(rates: dict[str, float], dtype: str) -> float:
     return max(rates[f"{dtype} matmul"], rates[f"{dtype} oneDNN"])
-
-
-class GemmProbe:
-    """The fp32 GEMM rate *now*, measured as the limit is (the better of `torch.matmul` and oneDNN's 1x1
-    convolution, each the fastest of `runs` runs) on an n x n x n product, in GFLOP/s.
-
-    Timed once per round of the paths, so that each path's share of the limit compares it with what the CPU
-    could do at that moment: on a shared or frequency-scaled machine the GEMM rate itself drifts by 10-40 %
-    within one run (measured here: 124 GFLOP/s at the start of a run, 145 at its end)."""
-
-    def __init__(self, n: int, runs: int = 3) -> None:
-        generator = torch.Generator().manual_seed(0)
-        rows = 32
-        self.a = torch.randn(n, n, generator=generator)
-        self.b = torch.randn(n, n, generator=generator)
-        self.x = torch.randn(1, n, rows, n // rows, generator=generator).contiguous(memory_format=torch.channels_last)
-        self.w = torch.randn(n, n, 1, 1, generator=generator).contiguous(memory_format=torch.channels_last)
-        self.flops, self.runs = 2 * n**3, runs
-
-    def __call__(self) -> float:
-        with torch.inference_mode():
-            matmul = min(run_times(lambda: self.a @ self.b, self.runs, warmup=1))
-            onednn = min(run_times(lambda: F.conv2d(self.x, self.w), self.runs, warmup=1))
-        return self.flops / min(matmul, onednn) / 1e9
 
 
 def calibrate_batchnorm(model: PointRend, seed: int = 0) -> None:

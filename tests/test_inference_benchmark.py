@@ -64,6 +64,7 @@ def test_the_1024_targets_and_bf16_on_a_cpu_without_fast_kernels() -> None:
 
 def test_the_gemm_probe_measures_a_positive_rate_and_the_limit_is_the_better_way() -> None:
     probe = bench.GemmProbe(128, runs=2)
+    assert set(probe.rates()) == {"matmul", "oneDNN"}
     assert probe.flops == 2 * 128**3 and probe.a.shape == (128, 128) and probe.x.shape == (1, 128, 32, 4)
     assert probe() > 0.1  # GFLOP/s: any CPU does far more
     assert bench.limit(RATES, "fp32") == 120.0 and bench.limit(RATES, "bf16") == 14.0
