@@ -29,8 +29,7 @@ from pointrend_core.data.validate import check_dataset
 from pointrend_core.data.voc_aug import prepare_voc_aug
 from pointrend_core.engine.distributed import launched_rank, start_processes, stop_processes
 from pointrend_core.engine.evaluate import default_evaluation_folder, evaluate_run
-from pointrend_core.engine.records import RUN_FILE
-from pointrend_core.engine.run_folder import run_folder_lock
+from pointrend_core.engine.run_folder import RunFolder
 from pointrend_core.engine.train import NonFiniteLossError, TrainingInterrupted, TrainOptions, train
 from pointrend_core.model.inference import PRECISION_DTYPES, check_precision, retain_freed_memory
 
@@ -179,9 +178,10 @@ def run_evaluate(row: RowConfig, args: argparse.Namespace) -> int:
         # forward stops page-faulting its large activations in again (measured on CPU at 1024x2048: 9.2 s ->
         # 6.6 s per forward; docs/inference.md).
         retain_freed_memory()
-    out = args.out or default_evaluation_folder(row, args.checkpoint, args.data_root, args.split, args.max_images)
+    out = RunFolder(args.out or default_evaluation_folder(row, args.checkpoint, args.data_root, args.split,
+                                                          args.max_images, args.precision))
     try:
-        with run_folder_lock(out) if processes.is_main else nullcontext():
+        with out.hold() if processes.is_main else nullcontext():
             record = evaluate_run(row, args.checkpoint, args.data_root, out, device=processes.device,
                                   split=args.split, max_images=args.max_images, precision=args.precision,
                                   compile=args.compile, progress=not args.no_progress)
@@ -192,7 +192,7 @@ def run_evaluate(row: RowConfig, args: argparse.Namespace) -> int:
         print(f"{row.name}: mIoU {refined.mIoU:.2f} (coarse {coarse.mIoU:.2f}), "
               f"boundary mIoU {refined.boundary_mIoU:.2f} (coarse {coarse.boundary_mIoU:.2f}) "
               f"on {record.data.num_images} images ({args.precision}{', compiled' if args.compile else ''}, "
-              f"{record.timing.images_per_second:.2f} images/s); {Path(out) / RUN_FILE}")
+              f"{record.timing.images_per_second:.2f} images/s); {out.run_record}")
     return 0
 
 

@@ -101,8 +101,8 @@ def test_one_run_per_folder(shapes: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     args = ["train", "--config", "demo", "--dataset", "folder", "--data-root", str(shapes), "--out", str(out), *FAST]
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom pointrend_core.engine.run_folder import run_folder_lock\n"
-         f"with run_folder_lock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
+        [sys.executable, "-c", "import sys, time\nfrom pointrend_core.engine.run_folder import RunFolder\n"
+         f"with RunFolder({str(out)!r}).hold():\n    print('held', flush=True)\n    time.sleep(60)"],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"

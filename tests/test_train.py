@@ -22,9 +22,9 @@ from pointrend_core.config import DEMO, replace
 from pointrend_core.data.datasets import VOCSegmentation
 from synthetic_trees import write_voc_tree
 from pointrend_core.data.transforms import train_transforms
-from pointrend_core.engine.run_folder import LOCK_FILE
 from pointrend_core.engine.schedule import poly_lr
 from pointrend_core.engine.progress import read_progress
+from pointrend_core.engine.run_folder import RunFolder
 from pointrend_core.data.loading import EpochSampler, SeededSamples
 from pointrend_core.engine.state import Position, TrainState
 from pointrend_core.engine.train import NonFiniteLossError, TrainOptions, train
@@ -78,10 +78,10 @@ def short_run(voc_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_training_writes_checkpoints_metrics_and_summary(short_run: Path) -> None:
     out = short_run
-    assert sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE) == [  # the run folder's lock stays
+    assert sorted(p.name for p in out.iterdir()) == [  # the lock goes when the run ends
         "checkpoint_final.pth", "checkpoint_last.pth", "metrics.jsonl", "progress.json", "train.json"
     ]
-    progress = read_progress(out)
+    progress = read_progress(RunFolder(out).progress_file)
     assert (progress.iteration, progress.max_iters, progress.start_iteration) == (4, 4, 0)
     assert progress.eta_seconds == 0.0 and progress.session_seconds > 0
     records = _read_jsonl(out / "metrics.jsonl")
@@ -221,7 +221,7 @@ sys.path.insert(0, "tests")  # the test helpers import each other by module name
 from pointrend_core.engine.train import TrainOptions, TrainingInterrupted, train
 from test_train import TINY
 root, out, resume = sys.argv[1], sys.argv[2], sys.argv[3] == "resume"
-options = TrainOptions(max_iters=6, checkpoint_every=int(sys.argv[4]), seed=11, device="cpu", workers=0,
+options = TrainOptions(max_iters=6, checkpoint_every=int(sys.argv[4]), seed=11, device="cpu", workers=int(sys.argv[5]),
                        log_every=1, progress=False, resume=resume)
 try:
     train(TINY, root, out, options)
@@ -231,10 +231,10 @@ except TrainingInterrupted as stop:
 """
 
 
-def _worker(voc_root: Path, out: Path, mode: str, checkpoint_every: int) -> subprocess.Popen:
+def _worker(voc_root: Path, out: Path, mode: str, checkpoint_every: int, workers: int = 0) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
-        [sys.executable, "-c", _WORKER, str(voc_root), str(out), mode, str(checkpoint_every)],
+        [sys.executable, "-c", _WORKER, str(voc_root), str(out), mode, str(checkpoint_every), str(workers)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
@@ -261,10 +261,13 @@ def _losses(path: Path) -> list[tuple[int, float, float]]:
 @pytest.mark.slow
 def test_killed_or_terminated_runs_resume_to_bit_identical_weights(voc_root: Path, tmp_path: Path) -> None:
     reference, killed, terminated = tmp_path / "reference", tmp_path / "killed", tmp_path / "terminated"
-    # Two workers: one killed with SIGKILL after its first checkpoint, one sent SIGTERM once it has taken a
-    # step (it checkpoints only on the signal: every=100). Meanwhile the uninterrupted reference runs here,
-    # with the workers' single thread so that the arithmetic is the same.
-    runs = {"killed": _worker(voc_root, killed, "fresh", 2), "terminated": _worker(voc_root, terminated, "fresh", 100)}
+    # Two workers: one with two loader processes killed with SIGKILL after its first checkpoint and resumed at
+    # once (its loader processes outlive it for a few seconds: they must not hold the run folder), one sent
+    # SIGTERM once it has taken a step (it checkpoints only on the signal: every=100). Meanwhile the
+    # uninterrupted reference runs here, with the workers' single thread so that the arithmetic is the same.
+    runs = {"killed": _worker(voc_root, killed, "fresh", 2, workers=2),
+            "terminated": _worker(voc_root, terminated, "fresh", 100)}
+    resumed: dict[str, subprocess.Popen] = {}
     pending = {
         "killed": (lambda: (killed / "checkpoint_last.pth").exists(), signal.SIGKILL),
         "terminated": (lambda: (terminated / "metrics.jsonl").exists() and (terminated / "metrics.jsonl").stat().st_size > 0,
@@ -276,6 +279,9 @@ def test_killed_or_terminated_runs_resume_to_bit_identical_weights(voc_root: Pat
             if reached():
                 runs[name].send_signal(signum)
                 del pending[name]
+                if signum == signal.SIGKILL:
+                    runs[name].wait()
+                    resumed[name] = _worker(voc_root, killed, "resume", 2, workers=2)
             elif runs[name].poll() is not None or time.monotonic() > deadline:
                 runs[name].kill()
                 raise AssertionError(f"{name} worker never reached its point: {runs[name].communicate()[1]}")
@@ -292,16 +298,13 @@ def test_killed_or_terminated_runs_resume_to_bit_identical_weights(voc_root: Pat
     code, stderr = _finish(runs["terminated"])
     assert code == 143, f"{stderr}\nmetrics: {(terminated / 'metrics.jsonl').read_text()}"
     assert "SIGTERM: stopped at iteration" in stderr and "continue with --resume" in stderr
-    for out in (killed, terminated):
-        assert not (out / "checkpoint_final.pth").exists()
-        stopped_at = torch.load(out / "checkpoint_last.pth", weights_only=True)["iteration"]
-        assert 1 <= stopped_at < 6
+    stopped_at = torch.load(terminated / "checkpoint_last.pth", weights_only=True)["iteration"]
+    assert 1 <= stopped_at < 6 and not (terminated / "checkpoint_final.pth").exists()
     # SIGTERM finishes cleanly: no half-written file (a SIGKILL may leave one; the resume removes it).
-    left = sorted(p.name for p in terminated.iterdir() if p.name != LOCK_FILE)
+    left = sorted(p.name for p in terminated.iterdir())
     assert left == ["checkpoint_last.pth", "metrics.jsonl", "progress.json"]
 
-    resumed = {name: _worker(voc_root, out, "resume", every) for name, out, every in
-               (("killed", killed, 2), ("terminated", terminated, 100))}
+    resumed["terminated"] = _worker(voc_root, terminated, "resume", 100)
     for name, process in resumed.items():
         code, stderr = _finish(process)
         assert code == 0, f"{name}: {stderr}"

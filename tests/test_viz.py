@@ -143,7 +143,7 @@ def test_show_predictions_grid() -> None:
 
 def test_plot_training_curves_reads_jsonl(tmp_path) -> None:
     path = tmp_path / "metrics.jsonl"
-    # The trainer's record layout (engine.train._metrics_record), plus an evaluation record.
+    # The trainer's line layout (engine.train_log.LogLine), plus an evaluation line.
     records = [
         {"iteration": i, "epoch": i / 5, "lr": 0.01 - 0.001 * i, "loss": 3.0 / (i + 1), "loss_aux": 1.0 / (i + 1),
          "loss_point": 2.0 / (i + 1), "window": 1, "seconds": 0.5 * i}

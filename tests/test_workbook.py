@@ -368,12 +368,12 @@ def test_notebook_progress_prints_cells_and_training_steps(tmp_path: Path, capsy
 
     book = new_notebook(cells=[new_markdown_cell("# Train a row"), new_code_cell("x = 1"),
                                new_markdown_cell("## Evaluate\ntext"), new_code_cell("y = 2")])
-    TrainProgress(9, 10, 9.0, 0.1, 1.0, 0, written_at=time.time() - 3600).write(tmp_path)  # an earlier run's
+    TrainProgress(9, 10, 9.0, 0.1, 1.0, 0, written_at=time.time() - 3600).write(tmp_path / "progress.json")  # an earlier run's
     with NotebookProgress("demo", Path("notebooks/train_evaluate.ipynb"), tmp_path) as progress:
         assert not progress.interactive  # captured stderr is no terminal: plain lines
         progress.cell_started(0, book.cells[0], book)  # Markdown: nothing to report
         progress.cell_started(1, book.cells[1], book)
-        TrainProgress(5, 10, 0.5, 0.01, 5.0, 0, written_at=time.time()).write(tmp_path)
+        TrainProgress(5, 10, 0.5, 0.01, 5.0, 0, written_at=time.time()).write(tmp_path / "progress.json")
         time.sleep(3 * NotebookProgress.POLL_SECONDS)
         progress.cell_started(3, book.cells[3], book)
     lines = capsys.readouterr().err.splitlines()
@@ -385,16 +385,18 @@ def test_notebook_progress_prints_cells_and_training_steps(tmp_path: Path, capsy
 
 
 def test_train_progress_reads_back_and_tolerates_a_missing_or_bad_file(tmp_path: Path) -> None:
-    from pointrend_core.engine.progress import PROGRESS_FILE, TrainProgress, read_progress
+    from pointrend_core.engine.progress import TrainProgress, read_progress
+    from pointrend_core.engine.run_folder import RunFolder
+    path = RunFolder(tmp_path).progress_file
 
-    assert read_progress(tmp_path) is None
+    assert read_progress(path) is None
     snapshot = TrainProgress(30, 120, 1.25, 0.01, 15.0, 10, written_at=123.0)
-    snapshot.write(tmp_path)
-    assert read_progress(tmp_path) == snapshot
+    snapshot.write(path)
+    assert read_progress(path) == snapshot
     assert snapshot.seconds_per_iteration == 0.75 and snapshot.eta_seconds == 67.5
-    assert [p.name for p in tmp_path.iterdir()] == [PROGRESS_FILE]  # no temporary left behind
-    (tmp_path / PROGRESS_FILE).write_text("{not json")
-    assert read_progress(tmp_path) is None
+    assert [p.name for p in tmp_path.iterdir()] == ["progress.json"]  # no temporary left behind
+    path.write_text("{not json")
+    assert read_progress(path) is None
 
 
 def test_subdivision_sweep_defaults_include_the_rows_own_setting() -> None:
@@ -561,7 +563,7 @@ def test_a_stopped_runner_shuts_its_kernel_down(tmp_path: Path, signal_name: str
 def test_run_rows_on_a_folder_dataset_names_the_run_after_row_and_folder(tmp_path: Path, fake_notebooks: Path) -> None:
     from synthetic_trees import write_folder_tree
 
-    from pointrend_core.engine.run_folder import run_folder_lock
+    from pointrend_core.engine.run_folder import RunFolder
 
     shapes = write_folder_tree(tmp_path / "my_shapes", num_images=2, splits={"train": [0], "val": [1]})
     runs, reports = tmp_path / "runs", tmp_path / "reports"
@@ -572,7 +574,7 @@ def test_run_rows_on_a_folder_dataset_names_the_run_after_row_and_folder(tmp_pat
     assert (runs / "demo_my_shapes" / "run.json").is_file() and not (runs / "demo").exists()
     assert "demo_my_shapes" in (reports / "index.html").read_text()
     # A row whose folder another run holds fails with that message, without touching the folder.
-    with run_folder_lock(runs / "demo_my_shapes"):
+    with RunFolder(runs / "demo_my_shapes").hold():
         import subprocess
         import sys
 

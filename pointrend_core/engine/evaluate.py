@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -27,23 +27,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from pointrend_core.checkpoints import load_checkpoint
+from pointrend_core.checks import check_max_images
 from pointrend_core.config import EvalConfig, RowConfig
 from pointrend_core.data.transforms import eval_transforms
 from pointrend_core.engine.distributed import all_reduce_, rank_and_world_size
 from pointrend_core.engine.metrics import BoundaryIoU, BoundaryMetrics, ConfusionMatrix, SegmentationMetrics
-from pointrend_core.engine.records import (
-    RUN_FILE,
-    TRAIN_FILE,
-    DataRecord,
-    Metrics,
-    OutputMetrics,
-    RunRecord,
-    TimingRecord,
-    TrainRecord,
-    config_json,
-    environment,
-)
-from pointrend_core.engine.state import FINAL_CHECKPOINT, LAST_CHECKPOINT
+from pointrend_core.engine.records import DataRecord, Metrics, OutputMetrics, RunRecord, TimingRecord, config_json, environment
+from pointrend_core.engine.run_folder import EvaluationKey, RunFolder
 from pointrend_core.labels import IGNORE_INDEX
 from pointrend_core.model import PointRend, Subdivision, build_model
 from pointrend_core.model.inference import InferenceModel, Precision, check_precision, prepare_for_inference
@@ -348,57 +338,6 @@ def _output_metrics(metrics: SegmentationMetrics, boundary: BoundaryMetrics, cla
     )
 
 
-def _read_training(path: Path) -> TrainRecord | None:
-    if not path.exists():
-        return None
-    try:
-        return TrainRecord.read(path)
-    except ValueError as err:
-        raise ValueError(f"{path}: not a valid JSON training summary ({err}); fix or remove it") from None
-
-
-def _training_of(checkpoint: str | Path, content: Mapping[str, Any]) -> TrainRecord | None:
-    """The train.json beside `checkpoint` when it describes the training that produced it, else None: a record
-    never claims another checkpoint's training. That is the folder's final checkpoint, or its last one when
-    that holds the same iteration (a run resumed for longer and stopped has a newer last checkpoint)."""
-    checkpoint = Path(checkpoint)
-    training = _read_training(checkpoint.parent / TRAIN_FILE)
-    if training is None or checkpoint.name not in (FINAL_CHECKPOINT, LAST_CHECKPOINT):
-        return None
-    if checkpoint.name == LAST_CHECKPOINT and content.get("iteration") != training.iterations:
-        return None
-    return training
-
-
-def _evaluation_key(checkpoint: str | None, dataset: str | None, root: str | None, split: str | None,
-                    max_images: int | None) -> tuple:
-    return (str(Path(checkpoint).resolve()) if checkpoint else None, dataset,
-            str(Path(root).resolve()) if root else None, split, max_images)
-
-
-def _refuse_replacing_another_evaluation(path: Path, key: tuple) -> None:
-    """Each evaluation keeps its own record: an existing run.json of another checkpoint, dataset, split or
-    image count is never replaced (re-running the same evaluation refreshes it). One exception: the run's
-    final checkpoint may replace the record of another checkpoint of the same folder (e.g. checkpoint_last.pth
-    evaluated while the run was interrupted), which the finished run makes out of date."""
-    if not path.is_file():
-        return
-    try:
-        old = RunRecord.read(path)
-    except ValueError:
-        return  # not a record of ours: replacing it loses nothing
-    old_key = _evaluation_key(old.checkpoint, old.data.dataset, old.data.root, old.data.split, old.data.max_images)
-    new_checkpoint = Path(key[0]) if key[0] else None
-    if (new_checkpoint is not None and old.checkpoint and new_checkpoint.name == FINAL_CHECKPOINT
-            and Path(old.checkpoint).resolve().parent == new_checkpoint.parent and old_key[1:] == key[1:]):
-        return
-    if old_key != key:
-        raise ValueError(
-            f"{path} already records another evaluation (checkpoint {old.checkpoint}, {old.data.dataset} "
-            f"{old.data.split} at {old.data.root}); pass another --out (each evaluation keeps its own folder)"
-        )
-
-
 def _class_names(dataset: Dataset, row: RowConfig, num_classes: int) -> list[str]:
     names = getattr(dataset, "classes", None) or getattr(row.data.dataset, "CLASSES", None)
     if names is None:
@@ -411,20 +350,14 @@ def _class_names(dataset: Dataset, row: RowConfig, num_classes: int) -> list[str
 
 
 def default_evaluation_folder(
-    row: RowConfig, checkpoint: str | Path, data_root: str | Path | None, split: str | None, max_images: int | None
+    row: RowConfig, checkpoint: str | Path, data_root: str | Path | None, split: str | None, max_images: int | None,
+    precision: Precision = "fp32",
 ) -> Path:
     """Where `evaluate` writes when given no folder: the checkpoint's own folder, unless its run.json records
-    another evaluation; then `<that folder>/evaluations/<checkpoint stem>_<row>_<split>[_first<N>]`."""
-    checkpoint = Path(checkpoint)
-    split = split or row.data.val_split
-    key = _evaluation_key(str(checkpoint), row.data.dataset.__name__, str(row.data.resolve_root(data_root)), split,
-                          max_images)
-    try:
-        _refuse_replacing_another_evaluation(checkpoint.parent / RUN_FILE, key)
-        return checkpoint.parent
-    except ValueError:
-        suffix = f"_first{max_images}" if max_images is not None else ""
-        return checkpoint.parent / "evaluations" / f"{checkpoint.stem}_{row.name}_{split}{suffix}"
+    another evaluation; then `<that folder>/evaluations/<checkpoint stem>_<row>_<split>[_first<N>][_<precision>]`."""
+    key = EvaluationKey.create(checkpoint, row.data.dataset.__name__, row.data.resolve_root(data_root),
+                               split or row.data.val_split, max_images, precision)
+    return RunFolder.for_evaluation(checkpoint, key, row.name).path
 
 
 def evaluate_run(
@@ -455,23 +388,24 @@ def evaluate_run(
     through `inference_model(model, precision, compile)`; the record's `timing` says which.
     """
     check_precision(precision, device)  # before any data or weights are read
-    out_dir = Path(out_dir)
+    check_max_images(max_images)
+    folder = RunFolder(out_dir)
     if checkpoint is not None:
         checkpoint = os.path.abspath(checkpoint)  # absolute: the record is read from other folders
     root = row.data.resolve_root(data_root)
     split = split or row.data.val_split
     num_classes = row.model.num_classes
-    key = _evaluation_key(str(checkpoint) if checkpoint is not None else None, row.data.dataset.__name__, str(root),
-                          split, max_images)
+    key = EvaluationKey.create(checkpoint, row.data.dataset.__name__, root, split, max_images, precision)
     if rank_and_world_size()[0] == 0 and not replace:
-        _refuse_replacing_another_evaluation(out_dir / RUN_FILE, key)
+        folder.check_may_record(key)
 
     dataset = row.data.dataset(root, split, transforms=eval_transforms(row.data))
     classes = _class_names(dataset, row, num_classes)
     if model is None:
         model = build_model(row)
     # Read before a long evaluation, so that a bad file fails first.
-    training = _training_of(checkpoint, load_checkpoint(model, checkpoint)) if checkpoint is not None else None
+    training = (RunFolder(Path(checkpoint).parent).training_of(checkpoint, load_checkpoint(model, checkpoint))
+                if checkpoint is not None else None)
     model.to(device)
 
     result = evaluate(
@@ -513,7 +447,7 @@ def evaluate_run(
         training=training,
     )
     if rank_and_world_size()[0] == 0:
-        record.write(out_dir / RUN_FILE)
+        record.write(folder.run_record)
     return record
 
 

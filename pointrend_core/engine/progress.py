@@ -13,8 +13,6 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-PROGRESS_FILE = "progress.json"
-
 
 @dataclass(frozen=True)
 class TrainProgress:
@@ -40,16 +38,16 @@ class TrainProgress:
         pace = self.seconds_per_iteration
         return None if pace is None else pace * (self.max_iters - self.iteration)
 
-    def write(self, run_dir: Path) -> None:
-        path = Path(run_dir) / PROGRESS_FILE
-        temporary = path.with_name(f".{PROGRESS_FILE}.{os.getpid()}.tmp")
+    def write(self, path: Path) -> None:
+        """Replace the snapshot at `path` (a run folder's `RunFolder.progress_file`)."""
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         temporary.write_text(json.dumps(asdict(self)), encoding="utf-8")
         os.replace(temporary, path)
 
 
-def read_progress(run_dir: str | os.PathLike) -> TrainProgress | None:
-    """The latest snapshot in `run_dir`, or None when there is none (or it cannot be read as one)."""
+def read_progress(path: str | os.PathLike) -> TrainProgress | None:
+    """The snapshot at `path`, or None when there is none (or it cannot be read as one)."""
     try:
-        return TrainProgress(**json.loads((Path(run_dir) / PROGRESS_FILE).read_text(encoding="utf-8")))
+        return TrainProgress(**json.loads(Path(path).read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError):
         return None

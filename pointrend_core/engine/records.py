@@ -28,8 +28,6 @@ from pointrend_core.config import RowConfig
 from pointrend_core.engine.distributed import rank_and_world_size
 from pointrend_core.files import atomic_write_json
 
-RUN_FILE = "run.json"
-TRAIN_FILE = "train.json"
 UNITS = "every metric is a percentage (0-100); null = class with no pixels to score"
 
 

@@ -23,10 +23,6 @@ from pointrend_core.checkpoints import read_checkpoint
 from pointrend_core.engine.distributed import Processes
 from pointrend_core.files import atomic_torch_save
 
-LAST_CHECKPOINT = "checkpoint_last.pth"
-"""A run folder's latest `TrainState`, rewritten every `checkpoint_every` steps."""
-FINAL_CHECKPOINT = "checkpoint_final.pth"
-"""The copy of the last state a finished run leaves."""
 
 
 @dataclass

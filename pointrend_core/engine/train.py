@@ -65,20 +65,13 @@ from pointrend_core.engine.distributed import (
 )
 from pointrend_core.engine.evaluate import evaluate_run
 from pointrend_core.engine.precision import Amp, autocast, inference_precision
-from pointrend_core.engine.progress import PROGRESS_FILE, TrainProgress
-from pointrend_core.engine.records import RUN_FILE, TRAIN_FILE, TrainRecord, config_json, environment
-from pointrend_core.engine.run_folder import run_folder_lock
+from pointrend_core.engine.progress import TrainProgress
+from pointrend_core.engine.records import TrainRecord, config_json, environment
+from pointrend_core.engine.run_folder import RunFolder
 from pointrend_core.engine.schedule import iters_per_epoch, poly_lr
-from pointrend_core.engine.state import (
-    FINAL_CHECKPOINT,
-    LAST_CHECKPOINT,
-    Position,
-    TrainState,
-    gather_rng_states,
-    restore_rng_states,
-)
+from pointrend_core.engine.state import Position, TrainState, gather_rng_states, restore_rng_states
 from pointrend_core.engine.train_options import TrainOptions
-from pointrend_core.engine.train_log import METRICS_FILE, append_line, keep_lines_up_to, window_record
+from pointrend_core.engine.train_log import LogLine, append_line, keep_lines_up_to, window_line
 from pointrend_core.files import atomic_write, atomic_write_text
 from pointrend_core.model import build_model
 
@@ -112,8 +105,9 @@ def train(
     processes = start_processes(options.device)
     try:
         # Rank 0 holds the folder for the whole run; the other processes are its own.
-        with run_folder_lock(out_dir) if processes.is_main else nullcontext():
-            return _train(row, row.data.resolve_root(data_root), Path(out_dir), options, processes, model)
+        folder = RunFolder(out_dir)
+        with folder.hold() if processes.is_main else nullcontext():
+            return _train(row, row.data.resolve_root(data_root), folder, options, processes, model)
     finally:
         stop_processes(processes)
 
@@ -126,7 +120,7 @@ class _Run:
     options: TrainOptions
     processes: Processes
     data_root: Path
-    out_dir: Path
+    folder: RunFolder
     seed: int
     per_process_batch: int
     steps_per_epoch: int
@@ -134,20 +128,17 @@ class _Run:
     position: Position = dataclasses.field(default_factory=Position)
     wall_before: float = 0.0
     """Wall seconds of earlier sessions (before a resume)."""
-    last_record: dict[str, Any] | None = None
+    last_line: LogLine | None = None
+    """The latest training window logged (carried in the checkpoint, so train.json has it after a resume)."""
     synced_layers: int = 0
 
     @property
     def last_path(self) -> Path:
-        return self.out_dir / LAST_CHECKPOINT
+        return self.folder.last_checkpoint
 
     @property
     def final_path(self) -> Path:
-        return self.out_dir / FINAL_CHECKPOINT
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.out_dir / METRICS_FILE
+        return self.folder.final_checkpoint
 
     @property
     def checkpoint_every(self) -> int:
@@ -155,16 +146,16 @@ class _Run:
 
 
 def _train(
-    row: RowConfig, root: Path, out_dir: Path, options: TrainOptions, processes: Processes, model: nn.Module | None
+    row: RowConfig, root: Path, folder: RunFolder, options: TrainOptions, processes: Processes, model: nn.Module | None
 ) -> Path:
     if options.amp == "fp16" and processes.device.type != "cuda":
         raise ValueError("amp 'fp16' needs CUDA (it uses a GradScaler); on CPU use 'bf16' or 'none'")
     per_process_batch = _per_process_batch(row, processes)
-    resumed = _state_to_resume(out_dir, row, options, processes, per_process_batch)
+    resumed = _state_to_resume(folder, row, options, processes, per_process_batch)
     if resumed is None and not options.overwrite:
         # --resume with nothing to resume from may restart a run cut short before its first checkpoint (only
         # its log exists), never replace a finished one.
-        _refuse_earlier_run(out_dir, keep_log=options.resume)
+        folder.refuse_earlier_run(keep_log=options.resume)
     seed = resumed.sampler_seed if resumed is not None else options.seed  # the data order depends on it
 
     # Data
@@ -175,7 +166,7 @@ def _train(
             f"{root} split {row.data.train_split!r} has {len(dataset)} images: fewer than one batch of "
             f"{per_process_batch} per process over {processes.world_size} processes"
         )
-    run = _Run(row, options, processes, root, out_dir, seed, per_process_batch, steps_per_epoch,
+    run = _Run(row, options, processes, root, folder, seed, per_process_batch, steps_per_epoch,
                max_iters=options.max_iters or row.schedule.epochs * steps_per_epoch)
 
     # Model and optimiser
@@ -188,8 +179,7 @@ def _train(
 
     # Resume, or start afresh
     if processes.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temporaries(out_dir)
+        folder.remove_stale_temporaries()
     if resumed is not None:
         _restore(run, resumed, optimizer, scaler)
     else:
@@ -219,11 +209,11 @@ def _train(
     # The final checkpoint, the summary, the evaluation
     if processes.is_main:
         _copy_file(run.last_path, run.final_path)
-        _summary(run, time.perf_counter() - session_start, start_iteration).write(out_dir / TRAIN_FILE)
+        _summary(run, time.perf_counter() - session_start, start_iteration).write(folder.train_record)
     if processes.world_size > 1:
         dist.barrier()  # the final checkpoint exists for every process before anyone evaluates it
     if options.evaluate:
-        _evaluate(run, out_dir, run.final_path, model)
+        _evaluate(run, folder, run.final_path, model)
     return run.final_path
 
 
@@ -299,14 +289,14 @@ def _loop(
                 bar.update(1)
                 if processes.is_main:
                     TrainProgress(position.iteration, run.max_iters, sum(values.values()), lr,
-                                  time.perf_counter() - session_start, session_iteration, time.time()).write(run.out_dir)
+                                  time.perf_counter() - session_start, session_iteration, time.time()).write(run.folder.progress_file)
 
                 done = position.iteration >= run.max_iters
                 if position.iteration % options.log_every == 0 or done:
                     seconds = run.wall_before + time.perf_counter() - session_start
-                    run.last_record = window_record(position, run.steps_per_epoch, lr, window, seconds)
+                    run.last_line = window_line(position, run.steps_per_epoch, lr, window, seconds)
                     window = {}
-                    _append_metrics(run, run.last_record)
+                    _append_metrics(run, run.last_line)
                 if position.iteration % run.checkpoint_every == 0 or done or stop_requested:
                     _save_last(run, model, optimizer, scaler, session_start)
                 if stop_requested and not done:
@@ -316,7 +306,7 @@ def _loop(
                     )
                 if (options.evaluate and position.batch_in_epoch == 0 and not done
                         and position.epoch % run.row.schedule.eval_every_epochs == 0):
-                    _evaluate(run, run.out_dir / "eval" / f"epoch_{position.epoch:03d}", None, model)
+                    _evaluate(run, run.folder.epoch_evaluation(position.epoch), None, model)
                 if done:
                     return
 
@@ -335,10 +325,10 @@ def _per_process_batch(row: RowConfig, processes: Processes) -> int:
 
 
 def _state_to_resume(
-    out_dir: Path, row: RowConfig, options: TrainOptions, processes: Processes, per_process_batch: int
+    folder: RunFolder, row: RowConfig, options: TrainOptions, processes: Processes, per_process_batch: int
 ) -> TrainState | None:
-    """The content of out_dir/checkpoint_last.pth when resuming (None for a fresh start)."""
-    path = out_dir / LAST_CHECKPOINT
+    """The content of the folder's checkpoint_last.pth when resuming (None for a fresh start)."""
+    path = folder.last_checkpoint
     if not options.resume:
         return None
     if not path.exists():
@@ -349,19 +339,6 @@ def _state_to_resume(
     if int(state.sampler_seed) != options.seed:
         _log(processes, f"resume: using the checkpoint's seed {state.sampler_seed} (options say {options.seed})")
     return state
-
-
-def _earlier_run_files(out_dir: Path) -> list[Path]:
-    names = (LAST_CHECKPOINT, FINAL_CHECKPOINT, TRAIN_FILE, RUN_FILE, METRICS_FILE)
-    found = [out_dir / name for name in names if (out_dir / name).is_file()]
-    return [p for p in found if p.name != METRICS_FILE or p.stat().st_size > 0]
-
-
-def _refuse_earlier_run(out_dir: Path, keep_log: bool = False) -> None:
-    found = [p for p in _earlier_run_files(out_dir) if not (keep_log and p.name == METRICS_FILE)]
-    if found:
-        raise ValueError(f"{out_dir} holds an earlier run ({', '.join(p.name for p in found)}); pass --resume to "
-                         "continue it, --overwrite to replace it, or another --out")
 
 
 def _prepare_model(
@@ -407,35 +384,24 @@ def _restore(run: _Run, state: TrainState, optimizer: torch.optim.Optimizer, sca
         scaler.load_state_dict(state.scaler)
     run.position = state.position
     run.wall_before = float(state.wall_seconds)
-    run.last_record = state.last_record
+    run.last_line = LogLine.from_json(state.last_record) if state.last_record else None
     if int(state.max_iters) != run.max_iters:
         _log(run.processes, f"resume: max_iters {run.max_iters} differs from the checkpoint's "
                             f"{state.max_iters}; the lr schedule changes from here on")
     restore_rng_states(state, run.processes)
     if run.processes.is_main:
-        keep_lines_up_to(run.metrics_path, run.position.iteration)
+        keep_lines_up_to(run.folder.metrics_log, run.position.iteration)
     _log(run.processes, f"resume: {run.last_path} at iteration {run.position.iteration} (epoch "
                         f"{run.position.epoch}, batch {run.position.batch_in_epoch} of {run.steps_per_epoch})")
 
 
 def _start_fresh(run: _Run) -> None:
+    """Only with --overwrite (or --resume without a checkpoint) is there anything here: _train refused
+    otherwise. RunFolder says what it deletes, and keeps what no run wrote."""
     if not run.processes.is_main:
         return
-    earlier = _earlier_run_files(run.out_dir)
-    if earlier:  # only with overwrite (or resume without a checkpoint): _train refused otherwise
-        _log(run.processes, f"overwrite: {run.out_dir}: deleting the earlier run's {', '.join(p.name for p in earlier)}")
-    for path in earlier:
-        path.unlink()
-    for folder in ("eval", "evaluations"):  # its evaluations during training, and of its checkpoints
-        shutil.rmtree(run.out_dir / folder, ignore_errors=True)
-    atomic_write_text(run.metrics_path, "")
-
-
-def _remove_stale_temporaries(out_dir: Path) -> None:
-    """Delete half-written files a killed run left behind (atomic writes name them `.<name>.*.tmp`)."""
-    for name in (LAST_CHECKPOINT, FINAL_CHECKPOINT, METRICS_FILE, TRAIN_FILE, PROGRESS_FILE):
-        for stale in out_dir.glob(f".{name}.*.tmp"):
-            stale.unlink(missing_ok=True)
+    run.folder.clear_earlier_run(lambda message: _log(run.processes, message))
+    atomic_write_text(run.folder.metrics_log, "")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -477,9 +443,9 @@ def _nonfinite_message(run: _Run, lr: float, values: Mapping[str, float]) -> str
     )
 
 
-def _append_metrics(run: _Run, record: Mapping[str, Any]) -> None:
+def _append_metrics(run: _Run, line: LogLine) -> None:
     if run.processes.is_main:
-        append_line(run.metrics_path, record)
+        append_line(run.folder.metrics_log, line)
 
 
 def _save_last(
@@ -506,12 +472,12 @@ def _save_last(
         row=run.row.name,
         options=run.options.to_dict(),
         wall_seconds=run.wall_before + (time.perf_counter() - session_start),
-        last_record=run.last_record,
+        last_record=run.last_line.to_json() if run.last_line is not None else None,
     ).save(run.last_path)
 
 
-def _evaluate(run: _Run, out_dir: Path, checkpoint: Path | None, model: nn.Module) -> None:
-    """evaluate_run on the model being trained (every process takes part; run.json in `out_dir`), leaving the
+def _evaluate(run: _Run, folder: RunFolder, checkpoint: Path | None, model: nn.Module) -> None:
+    """evaluate_run on the model being trained (every process takes part; run.json in `folder`), leaving the
     random streams as they were so that evaluating does not change the training that follows. The scores
     are also appended to metrics.jsonl (mIoU, coarse_mIoU, boundary_mIoU in %)."""
     net, device = unwrap(model), run.processes.device
@@ -520,7 +486,7 @@ def _evaluate(run: _Run, out_dir: Path, checkpoint: Path | None, model: nn.Modul
         net.eval()
         try:
             # These records belong to this training: a resumed run redoing an evaluation replaces its own.
-            record = evaluate_run(run.row, checkpoint, run.data_root, out_dir, device, max_images=run.options.eval_max_images,
+            record = evaluate_run(run.row, checkpoint, run.data_root, folder.path, device, max_images=run.options.eval_max_images,
                                   model=net, precision=inference_precision(run.options.amp), progress=run.options.progress,
                                   replace=True)
         finally:
@@ -528,8 +494,8 @@ def _evaluate(run: _Run, out_dir: Path, checkpoint: Path | None, model: nn.Modul
     if cuda_state is not None:
         torch.cuda.set_rng_state(cuda_state, device)
     refined, coarse = record.metrics.refined, record.metrics.coarse
-    _append_metrics(run, {"iteration": run.position.iteration, "epoch": run.position.epochs(run.steps_per_epoch),
-                          "mIoU": refined.mIoU, "coarse_mIoU": coarse.mIoU, "boundary_mIoU": refined.boundary_mIoU})
+    _append_metrics(run, LogLine(run.position.iteration, run.position.epochs(run.steps_per_epoch),
+                                 mIoU=refined.mIoU, coarse_mIoU=coarse.mIoU, boundary_mIoU=refined.boundary_mIoU))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -543,7 +509,7 @@ def _copy_file(source: Path, target: Path) -> None:
 
 def _summary(run: _Run, session: float, start_iteration: int) -> TrainRecord:
     """What train.json holds: what was trained, how long it took, on what, and the final losses."""
-    record = run.last_record or {}
+    line = run.last_line
     session_iterations = run.position.iteration - start_iteration
     return TrainRecord(
         row=run.row.name,
@@ -564,8 +530,8 @@ def _summary(run: _Run, session: float, start_iteration: int) -> TrainRecord:
         session_seconds=round(session, 3),
         iters_per_second=session_iterations / session if session_iterations and session > 0 else None,
         resumed_from_iteration=start_iteration or None,
-        final_losses={k: v for k, v in record.items() if k.startswith("loss")},
-        final_lr=record.get("lr"),
+        final_losses={"loss": line.loss, **line.losses} if line is not None else {},
+        final_lr=line.lr if line is not None else None,
         checkpoint=os.path.abspath(run.final_path),  # absolute: records are read from other folders
         options=run.options.to_dict(),
         environment=environment(run.processes.device),
@@ -577,5 +543,4 @@ def _log(processes: Processes, message: str) -> None:
         tqdm.write(message, file=sys.stderr)
 
 
-__all__ = ["TrainOptions", "train", "train_step", "NonFiniteLossError", "TrainingInterrupted", "METRICS_FILE",
-           "LAST_CHECKPOINT", "FINAL_CHECKPOINT", "RUN_FILE", "TRAIN_FILE"]
+__all__ = ["TrainOptions", "train", "train_step", "NonFiniteLossError", "TrainingInterrupted"]

@@ -1,17 +1,20 @@
-"""The training log `metrics.jsonl`: one JSON object per line, appended by rank 0 as training goes.
+"""The training log `metrics.jsonl`: one JSON object per line (`LogLine`), appended by rank 0 as training goes.
 
-Two kinds of line, told apart by their keys:
+Two kinds of line, told apart by what they hold:
 - a training window, every `log_every` steps: iteration, fractional epoch, lr of the last step, `loss` (the
   sum) and each weighted loss (`loss_aux`, `loss_point`) as means over the window's steps, `window` (its
   number of steps) and `seconds` (cumulative training wall time over every session);
 - an evaluation during training: iteration, epoch, mIoU, coarse_mIoU and boundary_mIoU in percent.
 A resume drops the lines written after the checkpoint it continues from, so the log never counts a step twice.
+The file's name belongs to `engine.run_folder.RunFolder` (`metrics_log`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,50 +23,94 @@ import pandas as pd
 from pointrend_core.engine.state import Position
 from pointrend_core.files import atomic_write_text
 
-METRICS_FILE = "metrics.jsonl"
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line of metrics.jsonl. On disk the losses are flat keys beside `loss` (their sum)."""
+
+    iteration: int
+    epoch: float
+    lr: float | None = None
+    losses: Mapping[str, float] = field(default_factory=dict)
+    """Each weighted loss (loss_aux, loss_point), the mean over the window's steps."""
+    window: int | None = None
+    seconds: float | None = None
+    """Cumulative training wall time over every session."""
+    mIoU: float | None = None
+    coarse_mIoU: float | None = None
+    boundary_mIoU: float | None = None
+
+    @property
+    def is_evaluation(self) -> bool:
+        return self.mIoU is not None
+
+    @property
+    def loss(self) -> float | None:
+        return sum(self.losses.values()) if self.losses else None
+
+    def to_json(self) -> dict[str, Any]:
+        flat: dict[str, Any] = {"iteration": self.iteration, "epoch": self.epoch}
+        if self.is_evaluation:
+            return flat | {"mIoU": self.mIoU, "coarse_mIoU": self.coarse_mIoU, "boundary_mIoU": self.boundary_mIoU}
+        return flat | {"lr": self.lr, "loss": self.loss, **self.losses, "window": self.window, "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LogLine:
+        """From a line's object (KeyError or TypeError when it is not one of ours)."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"losses"}
+        losses = {k: float(v) for k, v in data.items() if k.startswith("loss_")}
+        return cls(**{k: data[k] for k in names if k in data}, losses=losses)
 
 
-def window_record(
+COLUMNS = ("iteration", "epoch", "lr", "loss", "window", "seconds", "mIoU", "coarse_mIoU", "boundary_mIoU")
+"""The DataFrame's columns of `read_train_log` (each loss_* column besides)."""
+
+
+def window_line(
     position: Position, steps_per_epoch: int, lr: float, window: Mapping[str, list[float]], seconds: float
-) -> dict[str, Any]:
+) -> LogLine:
     """The line after `position.iteration` steps: the lr of the last step, mean losses over the steps since
     the previous line (`window`: each loss's values, one per step), fractional epochs and cumulative seconds."""
-    means = {name: sum(v) / len(v) for name, v in window.items()}
-    return {
-        "iteration": position.iteration,
-        "epoch": position.epochs(steps_per_epoch),
-        "lr": lr,
-        "loss": sum(means.values()),
-        **means,
-        "window": len(next(iter(window.values()), [])),
-        "seconds": round(seconds, 3),
-    }
+    return LogLine(
+        iteration=position.iteration,
+        epoch=position.epochs(steps_per_epoch),
+        lr=lr,
+        losses={name: sum(v) / len(v) for name, v in window.items()},
+        window=len(next(iter(window.values()), [])),
+        seconds=round(seconds, 3),
+    )
 
 
-def append_line(path: Path, record: Mapping[str, Any]) -> None:
+def append_line(path: Path, line: LogLine) -> None:
     with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json.dumps(line.to_json()) + "\n")
+
+
+def read_lines(path: str | os.PathLike) -> list[LogLine]:
+    """Every complete line of ours (a line cut short by a kill, or foreign, is skipped)."""
+    lines = []
+    for text in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            lines.append(LogLine.from_json(json.loads(text)))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            continue
+    return lines
 
 
 def keep_lines_up_to(path: Path, iteration: int) -> None:
     """Drop the lines written after `iteration` (a resume redoes those steps); lines cut short by a kill go too."""
     if not path.exists():
         return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line)["iteration"] <= iteration:
-                kept.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
+    kept = [line for line in read_lines(path) if line.iteration <= iteration]
+    atomic_write_text(path, "".join(json.dumps(line.to_json()) + "\n" for line in kept))
 
 
 def read_train_log(path: str | os.PathLike) -> pd.DataFrame:
-    """The log as a DataFrame, one row per line (columns absent from a line are NaN)."""
+    """The log as a DataFrame, one row per line (`COLUMNS` and each loss_*; absent values are NaN)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no training metrics at {path} (written by engine.train as {METRICS_FILE})")
-    if os.path.getsize(path) == 0:
+        raise FileNotFoundError(f"no training metrics at {path} (written by pointrend_core's train)")
+    lines = read_lines(path)
+    if not lines:
         raise ValueError(f"{path} is empty: training logged no iteration")
-    return pd.read_json(path, lines=True)
+    return pd.DataFrame([line.to_json() for line in lines])

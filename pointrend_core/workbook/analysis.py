@@ -21,7 +21,7 @@ from pointrend_core.config import EvalConfig, ModelConfig, RowConfig
 from pointrend_core.data.datasets import SegmentationDataset
 from pointrend_core.data.transforms import denormalize, eval_transforms
 from pointrend_core.engine.evaluate import evaluate, inference_model, predict
-from pointrend_core.engine.records import RUN_FILE, RunRecord
+from pointrend_core.engine.run_folder import RunFolder
 from pointrend_core.model import PointRend, PointRendOutput, Subdivision, build_model
 from pointrend_core.model.inference import Precision
 from pointrend_core.model.points import TrainingPoints, sample_training_points
@@ -40,14 +40,21 @@ class EvalSample:
 
 
 def run_checkpoint(out_dir: str | os.PathLike) -> Path:
-    """The checkpoint a run evaluated (from its run.json), so later notebooks look at the same weights."""
-    path = Path(out_dir) / RUN_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no {path}: evaluate the row first (train_evaluate notebook) or pass a checkpoint")
-    checkpoint = RunRecord.read(path).checkpoint
-    if not checkpoint:
-        raise ValueError(f"{path} records no checkpoint (the run evaluated untrained weights); pass a checkpoint")
-    return Path(checkpoint)
+    """The checkpoint a run evaluated (from its run.json), so later notebooks look at the same weights; for a
+    run that was trained but not evaluated, its final checkpoint (or its last, while it is unfinished)."""
+    folder = RunFolder(out_dir)
+    record = folder.read_run()
+    if record is not None:
+        if not record.checkpoint:
+            raise ValueError(f"{folder.run_record} records no checkpoint (the run evaluated untrained weights); "
+                             "pass a checkpoint")
+        return Path(record.checkpoint)
+    for path in (folder.final_checkpoint, folder.last_checkpoint):
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        f"{folder.path} holds no run.json and no checkpoint: train the row into it first "
+        f"(python -m pointrend_core train --config ROW --out {folder.path}) or pass a checkpoint")
 
 
 def load_model(row: RowConfig, checkpoint: str | os.PathLike | None, device: str | torch.device = "cpu") -> PointRend:

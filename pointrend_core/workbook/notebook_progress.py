@@ -18,6 +18,7 @@ from papermill.engines import NBClientEngine, papermill_engines
 from tqdm import tqdm
 
 from pointrend_core.engine.progress import TrainProgress, read_progress
+from pointrend_core.engine.run_folder import RunFolder
 from pointrend_core.workbook.tables import format_duration
 
 
@@ -107,7 +108,7 @@ class NotebookProgress:
             self._poll_once()
 
     def _poll_once(self) -> None:
-        snapshot = read_progress(self.run_dir)
+        snapshot = read_progress(RunFolder(self.run_dir).progress_file)
         with self._lock:
             if self._status is not None:
                 self._status.refresh()  # the elapsed time of the cell line

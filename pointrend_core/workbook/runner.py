@@ -38,8 +38,7 @@ from traitlets.config import Config
 from pointrend_core.config import DATASETS, ROWS, RUNS_DIR, RowConfig, get_row, on_dataset
 from pointrend_core.data.datasets import DemoShapes
 from pointrend_core.data.demo import make_demo_dataset
-from pointrend_core.engine.records import RUN_FILE
-from pointrend_core.engine.run_folder import RunFolderBusy, run_folder_lock
+from pointrend_core.engine.run_folder import RunFolder, RunFolderBusy
 from pointrend_core.model.inference import PRECISION_DTYPES, Precision, check_precision
 from pointrend_core.workbook.html import render_html, write_index_html
 from pointrend_core.workbook.notebook_progress import CELL_REPORTING_ENGINE, NotebookProgress
@@ -178,7 +177,7 @@ def run_row(
     first failure, and record the outcome in out_dir/status.json. A failure is returned, not raised; so is a
     run folder that another run holds (`RunFolderBusy`). `progress` draws a terminal bar per notebook."""
     try:
-        with run_folder_lock(out_dir):
+        with RunFolder(out_dir).hold():
             return _run_row(row, data_root, out_dir, reports_dir, jobs, progress)
     except RunFolderBusy as busy:
         return RowStatus(row=row.name, ok=False, error=str(busy), finished=_now())
@@ -217,7 +216,7 @@ def _run_row(
 def is_finished(run_dir: Path) -> RowStatus | None:
     """The stored status when the row finished successfully before (run.json present), else None."""
     status = read_status(run_dir)
-    if status is not None and status.ok and (run_dir / RUN_FILE).is_file():
+    if status is not None and status.ok and RunFolder(run_dir).run_record.is_file():
         return status
     return None
 

@@ -7,9 +7,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pointrend_core.engine.run_folder import RunFolder
 from pointrend_core.files import atomic_write_json
-
-STATUS_FILE = "status.json"
 
 
 @dataclass(frozen=True)
@@ -32,12 +31,12 @@ class RowStatus:
     def write(self, run_dir: str | os.PathLike) -> Path:
         record = asdict(self)
         del record["skipped"]
-        return atomic_write_json(Path(run_dir) / STATUS_FILE, record)
+        return atomic_write_json(RunFolder(run_dir).status_file, record)
 
 
 def read_status(run_dir: str | os.PathLike) -> RowStatus | None:
     """The status stored in `run_dir/status.json`, or None when the row never ran through the batch runner."""
-    path = Path(run_dir) / STATUS_FILE
+    path = RunFolder(run_dir).status_file
     if not path.is_file():
         return None
     try:
@@ -62,5 +61,5 @@ def read_status(run_dir: str | os.PathLike) -> RowStatus | None:
 def read_statuses(runs_dir: str | os.PathLike) -> dict[str, RowStatus]:
     """Every `runs_dir/*/status.json`, by row name."""
     root = Path(runs_dir)
-    statuses = (read_status(path.parent) for path in sorted(root.glob(f"*/{STATUS_FILE}"))) if root.is_dir() else ()
+    statuses = (read_status(path.parent) for path in sorted(root.glob(f"*/{RunFolder.STATUS}"))) if root.is_dir() else ()
     return {status.row: status for status in statuses if status is not None}

@@ -17,7 +17,7 @@ from typing import Sequence
 from pointrend_core.config import DATASETS, RowConfig, get_row, on_dataset
 from pointrend_core.engine.evaluate import evaluate_run
 from pointrend_core.engine.records import RunRecord
-from pointrend_core.engine.state import FINAL_CHECKPOINT
+from pointrend_core.engine.run_folder import RunFolder
 from pointrend_core.engine.train import TrainOptions, train
 from pointrend_core.model import PointRend, build_model
 from pointrend_core.model.inference import Precision, check_precision
@@ -175,7 +175,7 @@ def train_row(
             pretrained_backbone=pretrained_backbone, resume=resume, overwrite=overwrite,
         )
         run_streaming(command)
-        return out_dir / FINAL_CHECKPOINT
+        return RunFolder(out_dir).final_checkpoint
     options = TrainOptions(
         max_iters=max_iters, seed=seed, device=device, workers=workers, pretrained_backbone=pretrained_backbone,
         resume=resume, overwrite=overwrite,

@@ -11,11 +11,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pointrend_core.config import RowConfig, get_row
 from pointrend_core.data.datasets import SegmentationDataset
-from pointrend_core.engine.records import RUN_FILE, RunRecord
+from pointrend_core.engine.run_folder import RunFolder
 from pointrend_core.model import PointRend
 from pointrend_core.model.points import TrainingPoints
 from pointrend_core.workbook import figures
@@ -105,11 +104,12 @@ class Explorer:
         split = None
         if run_dir is not None:
             row = row_of_run(run_dir, config)
-            record = RunRecord.read(Path(run_dir) / RUN_FILE)
+            record = RunFolder(run_dir).read_run()  # None for a run trained but not evaluated
             checkpoint = checkpoint or run_checkpoint(run_dir)
-            if data_root is None and record.data.root and Path(record.data.root).is_dir():
-                data_root = record.data.root
-            split = record.data.split
+            if record is not None:
+                if data_root is None and record.data.root and Path(record.data.root).is_dir():
+                    data_root = record.data.root
+                split = record.data.split
         else:
             row = get_row(config)
         model = load_model(row, checkpoint, device)

@@ -21,7 +21,7 @@ from pointrend_core.config import EvalConfig, ModelConfig, RowConfig, get_row
 from pointrend_core.data.image_io import read_image, read_label_png
 from pointrend_core.data.transforms import denormalize, eval_transforms
 from pointrend_core.engine.metrics import BoundaryIoU, ConfusionMatrix
-from pointrend_core.engine.records import RUN_FILE, RunRecord
+from pointrend_core.engine.run_folder import RunFolder
 from pointrend_core.labels import IGNORE_INDEX
 from pointrend_core.model import PointRend, SubdivisionStep
 from pointrend_core.model.points import TrainingPoints, coordinate_dtype, sample_training_points
@@ -197,13 +197,18 @@ def row_of_run(run_dir: str | os.PathLike, config: str | None = None) -> RowConf
     """The row a run evaluated: `config` (a row name) or the run.json's row, with the model, data and
     evaluation settings the run recorded (e.g. smaller channels or another test-time size), so that its
     checkpoint loads and its images are prepared as they were evaluated."""
-    record = RunRecord.read(Path(run_dir) / RUN_FILE)
+    folder = RunFolder(run_dir)
+    record = folder.read_run() or folder.read_training()  # a run trained but not evaluated has train.json
+    if record is None:
+        raise FileNotFoundError(
+            f"{folder.path} holds neither run.json nor train.json: not a run folder (train into it with "
+            f"python -m pointrend_core train --config ROW --out {folder.path})")
     name = config or record.row
     try:
         row = get_row(name)
     except KeyError:
         raise ValueError(
-            f"{Path(run_dir) / RUN_FILE} is of row {name!r}, which is not a row of pointrend_core.config.ROWS "
+            f"{folder.path} is a run of row {name!r}, which is not a row of pointrend_core.config.ROWS "
             "(a row run on another dataset?); pass config= a row name and checkpoint="
         ) from None
     if config is not None and config != record.row:

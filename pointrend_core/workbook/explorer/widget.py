@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 import ipywidgets as w
-import numpy as np
 from IPython.display import display
 from matplotlib.figure import Figure
 
@@ -187,34 +186,4 @@ class ExplorerWidget:
         self.status.value = "ready"
 
 
-__all__ = [
-    "MAX_STEPS",
-    "ExplorerSettings",
-    "ImageFeatures",
-    "Scores",
-    "ExplorerView",
-    "StepPixel",
-    "PixelReadout",
-    "row_of_run",
-    "file_sample",
-    "image_features",
-    "refine_view",
-    "label_prediction",
-    "image_scores",
-    "candidate_points",
-    "cell_of",
-    "cell_centre",
-    "pixel_of_cell",
-    "default_pixel",
-    "pixel_readout",
-    "Explorer",
-    "overview_figure",
-    "steps_figure",
-    "candidates_figure",
-    "figure_png",
-    "summary_html",
-    "timing_text",
-    "readout_html",
-    "snapshot_html",
-    "ExplorerWidget",
-]
+__all__ = ["ExplorerWidget"]
