@@ -11,49 +11,47 @@
 Each subcommand is a thin call of the library function of the same job (`engine.train.train`,
 `engine.evaluate.evaluate_run`, `data.validate.check_dataset`, `data.voc_aug.prepare_voc_aug`, `data.demo.make_demo_dataset`); the notebooks
 call the same functions. Exit codes: 0 success, 1 failure (message on stderr; check-data: problems found),
-2 bad arguments, 143 stopped by SIGTERM (resume with --resume).
+2 bad arguments, 128 + the signal when stopped by one (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP; a training stopped
+so continues with --resume).
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+
+import torch
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
+from pointrend_core.checks import non_negative_int, positive_int
 from pointrend_core.config import DATASETS, RowConfig, default_run_dir, get_row, on_dataset
 from pointrend_core.data.demo import make_demo_dataset
-from pointrend_core.data.validate import check_dataset
+from pointrend_core.data.validate import check_dataset_report
 from pointrend_core.data.voc_aug import prepare_voc_aug
 from pointrend_core.engine.distributed import launched_rank, start_processes, stop_processes
 from pointrend_core.engine.evaluate import default_evaluation_folder, evaluate_run
 from pointrend_core.engine.run_folder import RunFolder
 from pointrend_core.engine.train import NonFiniteLossError, TrainingInterrupted, TrainOptions, train
+from pointrend_core.interrupts import exit_code, signal_name, signals_raise_stopped
 from pointrend_core.model.inference import PRECISION_DTYPES, check_precision, retain_freed_memory
-
-EXIT_INTERRUPTED = 143  # 128 + SIGTERM, the shell convention
 
 
 def _positive_int(text: str) -> int:
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+        return positive_int("the value", text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("the value ")) from None
 
 
 def _non_negative_int(text: str) -> int:
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+        return non_negative_int("the value", text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("the value ")) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,8 +144,8 @@ def run_train(row: RowConfig, args: argparse.Namespace) -> int:
         amp=args.amp,
         channels_last=args.channels_last,
         workers=args.workers,
-        init_checkpoint=args.checkpoint,
-        finetune_checkpoint=args.init_checkpoint,
+        checkpoint=args.checkpoint,
+        init_checkpoint=args.init_checkpoint,
         overwrite=args.overwrite,
         pretrained_backbone=args.pretrained_backbone,
         log_every=args.log_every,
@@ -159,8 +157,8 @@ def run_train(row: RowConfig, args: argparse.Namespace) -> int:
     try:
         final = train(row, args.data_root, out, options)
     except TrainingInterrupted as stopped:
-        print(f"stopped: {stopped}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        print(f"stopped: {stopped}: {resume_command(args.argv)}", file=sys.stderr)
+        return exit_code(stopped.signum)
     if launched_rank() == 0:
         print(f"final checkpoint: {final}")
     return 0
@@ -198,11 +196,13 @@ def run_evaluate(row: RowConfig, args: argparse.Namespace) -> int:
 
 def run_check_data(args: argparse.Namespace) -> int:
     dataset_cls = DATASETS[args.dataset]
-    problems = check_dataset(dataset_cls, args.root, args.split)
-    if problems:
-        for problem in problems:
+    report = check_dataset_report(dataset_cls, args.root, args.split)
+    for warning in report.warnings:
+        print(f"warning: {warning}")
+    if report.problems:
+        for problem in report.problems:
             print(problem)
-        print(f"{len(problems)} problem(s) in {dataset_cls.__name__} at {args.root}", file=sys.stderr)
+        print(f"{len(report.problems)} problem(s) in {dataset_cls.__name__} at {args.root}", file=sys.stderr)
         return 1
     splits = [args.split] if args.split else dataset_cls.splits_on_disk(args.root)
     counts = ", ".join(f"{split} {len(dataset_cls(args.root, split))} images" for split in splits)
@@ -222,12 +222,42 @@ def run_make_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def resume_command(argv: Sequence[str]) -> str:
+    """The command line that continues an interrupted training: this one, with --resume."""
+    words = ["python", "-m", "pointrend_core", *argv]
+    if "--resume" not in words:
+        words = [w for w in words if w != "--overwrite"] + ["--resume"]
+    return " ".join(shlex.quote(str(w)) for w in words)
+
+
+def _stopped_message(args: argparse.Namespace, signum: int) -> str:
+    what = {"train": "training", "evaluate": "evaluation"}.get(args.command, args.command)
+    line = f"stopped: {signal_name(signum)} during {what}"
+    if args.command == "train":
+        out = RunFolder(args.out or "runs/<config>")
+        kept = f"the last checkpoint is {out.last_checkpoint}" if out.last_checkpoint.is_file() else "no checkpoint was written yet"
+        return f"{line}; {kept}; continue with: {resume_command(args.argv)}"
+    if args.command == "evaluate":
+        return f"{line}; nothing was recorded (run.json is written when it ends): run the same command again"
+    return f"{line}; run the same command again"
+
+
 def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int:
     """Parse `argv` (default sys.argv[1:]) and run the subcommand; returns the exit code. `own_process`: the
     process runs only this command (`python -m pointrend_core`), so process-wide settings are allowed."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    args.own_process = own_process
+    args.own_process, args.argv = own_process, argv
+    try:
+        with signals_raise_stopped():
+            return _run(parser, args)
+    except KeyboardInterrupt as stop:  # Stopped is one; a bare KeyboardInterrupt is Ctrl-C before our handlers
+        print(_stopped_message(args, getattr(stop, "signum", 2)), file=sys.stderr)
+        return exit_code(getattr(stop, "signum", 2))
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         if args.command == "train":
             return run_train(resolve_row(parser, args), args)
@@ -241,8 +271,21 @@ def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int
     except (ValueError, OSError, NonFiniteLossError) as error:
         # These errors already name the file or value and what was expected; other exceptions keep their
         # traceback (they are bugs, not bad input).
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error_sentence(error)}", file=sys.stderr)
         return 1
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
+        if not isinstance(error, (torch.OutOfMemoryError, MemoryError)) and "can't allocate memory" not in str(error):
+            raise
+        print(f"error: out of memory during {args.command} ({str(error).splitlines()[0][:160]}); use a smaller "
+              "--crop or --batch-size, or a device with more memory", file=sys.stderr)
+        return 1
+
+
+def error_sentence(error: BaseException) -> str:
+    """The one line shown for a bad input: an OSError as its sentence and file name, without '[Errno N]'."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror + (f": {error.filename}" if error.filename else "")
+    return str(error)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,9 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     run. None of them suggests loading with `weights_only=False`: that would run whatever the file holds.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint {path} is a folder; expected a .pth file (a run's is "
+                                f"{path / 'checkpoint_final.pth'})")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     with path.open("rb") as f:
@@ -118,6 +121,17 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, map_location: str
     else:
         load_strict(model, state_dict, path, what="model")
     return obj
+
+
+def load_backbone(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load ImageNet backbone weights (the recipe's start) into `model.backbone_net`; a file holding more
+    (a whole segmentor) is refused with the option it belongs to."""
+    state_dict = extract_state_dict(read_checkpoint(path), path)
+    if not is_backbone_only(state_dict):
+        raise CheckpointError(
+            f"{path} holds a whole segmentation model, not ImageNet backbone weights; pass it as --checkpoint "
+            "(every weight, strictly) or --init-checkpoint (fine-tuning on other classes) instead")
+    load_checkpoint(model, path)
 
 
 # Layers sized by the class count: the two classifiers, and every point-head layer (each one takes the coarse

@@ -1,13 +1,16 @@
 """Atomic file writes: a temporary file in the target's folder, flushed and fsynced, then renamed.
 
 An interrupted run therefore never leaves a truncated checkpoint, JSON or report behind: readers see
-either the old file or the complete new one.
+either the old file or the complete new one. A full disk is one `DiskFull` error naming the file and the
+space it needs, whatever layer noticed it first (torch's checkpoint writer reports it as its own error).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, IO
@@ -15,11 +18,47 @@ from typing import Any, Callable, IO
 import torch
 
 
+class DiskFull(OSError):
+    """No space left for a file; the message names it, the space it needs and what is free."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size} bytes"
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    """Whether ENOSPC (or a quota) is anywhere in `error`'s chain of causes."""
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
+
+
+def _disk_full(path: Path, written: int, error: BaseException) -> DiskFull:
+    previous = path.stat().st_size if path.is_file() else 0
+    free = shutil.disk_usage(path.parent).free
+    need = f"about {_megabytes(previous)}" if previous > written else f"more than {_megabytes(written)}"
+    kept = "; the previous file is kept" if previous else ""
+    return DiskFull(errno.ENOSPC, f"no space left on the device writing {path}: it needs {need}, "
+                                  f"the device has {_megabytes(free)}{kept}; free some space and run again")
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call `write(f)` on a temporary file next to `path`, then rename it over `path`."""
+    """Call `write(f)` on a temporary file next to `path`, then rename it over `path`. `DiskFull` when the
+    device fills up (the temporary is removed, `path` is untouched)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        if _is_disk_full(error):
+            raise _disk_full(path, 0, error) from None
+        raise
     try:
         # mkstemp creates files 0600; give the result the permissions an ordinary open() would.
         umask = os.umask(0)
@@ -30,8 +69,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
+        written = Path(tmp).stat().st_size if Path(tmp).exists() else 0
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, Exception) and _is_disk_full(error):
+            raise _disk_full(path, written, error) from None
         raise
     return path
 

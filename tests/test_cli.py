@@ -24,10 +24,10 @@ def _exit_code(argv: list[str]) -> int:
     [
         (["train", "--config", "nope"], "unknown config 'nope'; expected one of: pointrend_r50_voc, pointrend_r101_voc"),
         (["train"], "the following arguments are required: --config"),
-        (["train", "--config", "demo", "--max-iters", "0"], "--max-iters: expected a positive integer, got '0'"),
+        (["train", "--config", "demo", "--max-iters", "0"], "--max-iters: must be a positive integer, got 0"),
         (["train", "--config", "demo", "--crop", "64"], "--crop: expected 2 arguments"),
         (["train", "--config", "demo", "--amp", "fp8"], "--amp: invalid choice: 'fp8'"),
-        (["train", "--config", "demo", "--workers", "-1"], "--workers: expected an integer >= 0, got '-1'"),
+        (["train", "--config", "demo", "--workers", "-1"], "--workers: must be an integer >= 0, got -1"),
         (["evaluate", "--config", "demo"], "the following arguments are required: --checkpoint"),
         (["check-data", "--dataset", "coco", "--root", "x"], "--dataset: invalid choice: 'coco'"),
         (["make-demo-data"], "the following arguments are required: --out"),

@@ -164,9 +164,9 @@ class SegmentationDataset(Dataset):
         return len(self.ids)
 
     def _missing(self, kind: str, path: Path, i: int) -> FileNotFoundError:
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
         return FileNotFoundError(
-            f"{kind} file {path} for id {self.ids[i]!r} ({self._split_source()}) does not exist; "
-            f"expected {self.LAYOUT}"
+            f"{kind} file {path} for id {self.ids[i]!r} ({self._split_source()}) {what}; expected {self.LAYOUT}"
         )
 
     def load_image(self, i: int) -> tv_tensors.Image:
@@ -481,7 +481,13 @@ class FolderSegmentation(SegmentationDataset):
         images = self.root / "images"
         if not images.is_dir():
             raise FileNotFoundError(f"image folder {images} does not exist; expected {self.LAYOUT}")
-        self._images = {p.stem: p for p in sorted(images.iterdir()) if p.suffix.lower() in self.IMAGE_EXTS}
+        files = [p for p in sorted(images.iterdir()) if p.suffix.lower() in self.IMAGE_EXTS]
+        self._images = {p.stem: p for p in files}
+        by_stem: dict[str, list[str]] = {}
+        for p in files:
+            by_stem.setdefault(p.stem, []).append(p.name)
+        # Stems with several image files (img1.jpg and img1.png): the last in name order is used.
+        self.ambiguous_stems = {stem: names for stem, names in by_stem.items() if len(names) > 1}
         split_file = self.root / "splits" / f"{split}.txt"
         if split_file.is_file():
             self._source = str(split_file)

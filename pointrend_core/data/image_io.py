@@ -33,7 +33,7 @@ def read_image(path: str | Path) -> torch.Tensor:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image file {path} does not exist")
+        raise FileNotFoundError(f"image file {path} {'is a folder, not a file' if path.is_dir() else 'does not exist'}")
     if path.suffix.lower() in TIFF_SUFFIXES:
         return _read_tiff(path)
     try:
@@ -86,7 +86,7 @@ def read_label_png(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"mask file {path} does not exist")
+        raise FileNotFoundError(f"mask file {path} {'is a folder, not a file' if path.is_dir() else 'does not exist'}")
     try:
         with PILImage.open(path) as im:
             mode = im.mode
@@ -146,3 +146,21 @@ def bitwise_palette(n: int, start: int = 0) -> np.ndarray:
     return rgb.astype(np.uint8)
 
 
+
+
+def sixteen_bit_peak(path: str | Path) -> int | None:
+    """The largest sample of a 16-bit image file, or None for any other depth (for `check-data`: 12-bit data
+    stored in 16 bits reads as nearly black under the full-range scaling of `read_image`)."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            import tifffile
+
+            array = tifffile.imread(path)
+            return int(array.max()) if array.dtype == np.uint16 else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            image = decode_image(str(path), mode=ImageReadMode.UNCHANGED)
+    except Exception:  # an unreadable file is reported by read_image's own check
+        return None
+    return int(image.max()) if image.dtype == torch.uint16 else None

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import random
-import signal
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -19,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from pointrend_core.interrupts import ignore_stop_signals
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -113,17 +114,11 @@ def training_loader(
         num_workers=workers,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
-        worker_init_fn=_ignore_sigterm if workers > 0 else None,
+        worker_init_fn=ignore_stop_signals if workers > 0 else None,
         # Its own generator, so that creating loader iterators never draws from the global stream.
         generator=torch.Generator().manual_seed(seed),
     )
     return loader, sampler
-
-
-def _ignore_sigterm(worker_id: int) -> None:
-    # A SIGTERM sent to the whole process group must not kill loader workers mid-step: the main process
-    # finishes the step, checkpoints, and shuts them down.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def worker_error_message(error: BaseException) -> str | None:
@@ -143,8 +138,8 @@ def worker_error_message(error: BaseException) -> str | None:
 def stop_workers(loader: DataLoader) -> None:
     """End the loader's worker processes now, whatever state they are in.
 
-    They ignore SIGTERM (`_ignore_sigterm`), and torch's own shutdown ends a straggler with SIGTERM: after an
-    error (a bad image in a worker, a NaN) a worker blocked on its full result queue would outlive the run and
+    They ignore stop signals (`interrupts.ignore_stop_signals`), and torch's own shutdown ends a straggler with
+    SIGTERM: after an error (a bad image in a worker, a NaN) a worker blocked on its full result queue would outlive the run and
     the interpreter would wait for it at exit forever. The workers hold nothing worth keeping, so SIGKILL.
     """
     iterator = getattr(loader, "_iterator", None)  # persistent workers live in the loader's iterator

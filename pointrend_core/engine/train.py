@@ -8,8 +8,9 @@ single-process or distributed, resumable bit for bit. Read `train` top to bottom
 - Data order and augmentation seeds: `data.loading` (neither the worker count nor a resume changes them).
 - Checkpoints: `checkpoint_last.pth` (an `engine.state.TrainState`) every `checkpoint_every` steps and at the
   end, then a copy as `checkpoint_final.pth`; atomic, loadable with `torch.load(weights_only=True)`.
-  `resume=True` continues from `checkpoint_last.pth` exactly. SIGTERM finishes the current step, writes
-  `checkpoint_last.pth` and raises `TrainingInterrupted`; a non-finite loss raises `NonFiniteLossError`
+  `resume=True` continues from `checkpoint_last.pth` exactly. A stop signal (Ctrl-C, SIGTERM, SIGHUP;
+  `interrupts`) finishes the current step, writes `checkpoint_last.pth` and raises `TrainingInterrupted`; a
+  second one stops at once (the previous checkpoint stays valid); a non-finite loss raises `NonFiniteLossError`
   before the update, leaving the last good checkpoint untouched.
 - Logs: a tqdm bar (rank 0); `progress.json` after every step (`engine.progress`); `metrics.jsonl`, one JSON
   object per log step (iteration, fractional epoch, lr, mean losses of the window, cumulative seconds) and,
@@ -31,7 +32,6 @@ import os
 import shutil
 import signal
 import sys
-import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from pointrend_core.checkpoints import load_checkpoint, load_for_finetuning
+from pointrend_core.checkpoints import load_backbone, load_checkpoint, load_for_finetuning
 from pointrend_core.config import RowConfig
 from pointrend_core.data.loading import (
     EpochSampler,
@@ -55,6 +55,7 @@ from pointrend_core.data.loading import (
     worker_error_message,
 )
 from pointrend_core.data.transforms import train_transforms
+from pointrend_core.data.validate import dataset_warnings
 from pointrend_core.engine.distributed import (
     Processes,
     convert_sync_batchnorm,
@@ -73,6 +74,7 @@ from pointrend_core.engine.state import Position, TrainState, gather_rng_states,
 from pointrend_core.engine.train_options import TrainOptions
 from pointrend_core.engine.train_log import LogLine, append_line, keep_lines_up_to, window_line
 from pointrend_core.files import atomic_write, atomic_write_text
+from pointrend_core.interrupts import StopFlag, signal_name
 from pointrend_core.model import build_model
 
 class NonFiniteLossError(RuntimeError):
@@ -84,7 +86,12 @@ class NonFiniteLossError(RuntimeError):
 
 
 class TrainingInterrupted(RuntimeError):
-    """SIGTERM stopped the run after writing checkpoint_last.pth; `resume=True` continues it."""
+    """A stop signal stopped the run after writing checkpoint_last.pth; `resume=True` continues it. `signum`
+    is the signal (the shell's exit code is 128 + signum)."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 def train(
@@ -99,7 +106,7 @@ def train(
 
     `model` (optional) replaces `build_model(row)`: any module whose `model(images, targets)` returns a dict
     of scalar losses. Returns the path of `checkpoint_final.pth`. Raises `NonFiniteLossError` when the loss
-    diverges and `TrainingInterrupted` after a SIGTERM (both leave a valid checkpoint_last.pth if one was
+    diverges and `TrainingInterrupted` after a stop signal (both leave a valid checkpoint_last.pth if one was
     written). Under torchrun, call it in every process.
     """
     processes = start_processes(options.device)
@@ -160,6 +167,7 @@ def _train(
 
     # Data
     dataset = row.data.dataset(root, row.data.train_split, transforms=train_transforms(row.data))
+    _check_data(dataset, row, root, processes)
     steps_per_epoch = iters_per_epoch(len(dataset), processes.world_size, per_process_batch)
     if steps_per_epoch == 0:
         raise ValueError(
@@ -263,13 +271,13 @@ def _loop(
     run: _Run, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
     loader: DataLoader, sampler: EpochSampler, session_start: float,
 ) -> None:
-    """Steps until `run.max_iters`; logs, checkpoints, evaluates, stops on SIGTERM or a non-finite loss."""
+    """Steps until `run.max_iters`; logs, checkpoints, evaluates, stops on a stop signal or a non-finite loss."""
     options, processes, position, device = run.options, run.processes, run.position, run.processes.device
     window: dict[str, list[float]] = {}
     session_iteration = position.iteration
     bar = tqdm(total=run.max_iters, initial=position.iteration, desc=run.row.name, dynamic_ncols=True,
                disable=not (processes.is_main and options.progress), file=sys.stderr)
-    with _StopOnSigterm() as stop, bar:
+    with StopFlag() as stop, bar:
         while position.iteration < run.max_iters:
             sampler.set_epoch(position.epoch, skip=position.batch_in_epoch * run.per_process_batch)
             for images, targets in loader:
@@ -300,10 +308,10 @@ def _loop(
                 if position.iteration % run.checkpoint_every == 0 or done or stop_requested:
                     _save_last(run, model, optimizer, scaler, session_start)
                 if stop_requested and not done:
+                    signum = stop.signum or signal.SIGTERM  # None: another process of the run got it
                     raise TrainingInterrupted(
-                        f"SIGTERM: stopped at iteration {position.iteration} of {run.max_iters}; {run.last_path} "
-                        "written, continue with --resume"
-                    )
+                        f"{signal_name(signum)}: stopped at iteration {position.iteration} of {run.max_iters}; "
+                        f"{run.last_path} written, continue with --resume", signum)
                 if (options.evaluate and position.batch_in_epoch == 0 and not done
                         and position.epoch % run.row.schedule.eval_every_epochs == 0):
                     _evaluate(run, run.folder.epoch_evaluation(position.epoch), None, model)
@@ -313,6 +321,21 @@ def _loop(
 
 # --------------------------------------------------------------------------------------------------
 # Setting up
+
+
+def _check_data(dataset: Any, row: RowConfig, root: Path, processes: Processes) -> None:
+    """What `check-data` finds without decoding, before anything starts: too few classes is refused, the
+    rest (repeated ids, train/val overlap, ambiguous image files) is said once."""
+    if dataset.num_classes < 2:
+        raise ValueError(f"{root} has {dataset.num_classes} class ({', '.join(dataset.classes)}); segmentation "
+                         "needs at least two (e.g. background and object)")
+    splits = [dataset]
+    try:
+        splits.append(row.data.dataset(root, row.data.val_split))
+    except (OSError, ValueError):
+        pass  # a training-only dataset: nothing to compare with
+    for warning in dataset_warnings(splits):
+        _log(processes, f"warning: {warning}")
 
 
 def _per_process_batch(row: RowConfig, processes: Processes) -> int:
@@ -336,6 +359,10 @@ def _state_to_resume(
         return None
     state = TrainState.read(path)
     state.check_resumable(path, row.name, processes.world_size, per_process_batch)
+    if options.max_iters is not None and options.max_iters < int(state.iteration):
+        raise ValueError(f"--max-iters {options.max_iters} is below the {int(state.iteration)} iterations {path} has "
+                         f"done; give --max-iters {int(state.iteration)} or more, or leave it out to continue to the "
+                         "recipe's length")
     if int(state.sampler_seed) != options.seed:
         _log(processes, f"resume: using the checkpoint's seed {state.sampler_seed} (options say {options.seed})")
     return state
@@ -351,14 +378,15 @@ def _prepare_model(
     if resumed is not None:
         model.load_state_dict(resumed.model)
     else:
-        for path in (options.pretrained_backbone, options.init_checkpoint):
-            if path is not None:
-                load_checkpoint(model, path)
-        if options.finetune_checkpoint is not None:
-            fresh = load_for_finetuning(model, options.finetune_checkpoint)
-            _log(processes, f"init: {options.finetune_checkpoint}: every entry loaded except {len(fresh)} re-initialised"
+        if options.pretrained_backbone is not None:
+            load_backbone(model, options.pretrained_backbone)
+        if options.checkpoint is not None:
+            load_checkpoint(model, options.checkpoint)
+        if options.init_checkpoint is not None:
+            fresh = load_for_finetuning(model, options.init_checkpoint)
+            _log(processes, f"init: {options.init_checkpoint}: every entry loaded except {len(fresh)} re-initialised"
                             + "".join(f"\n  {key}: {reason}" for key, reason in fresh))
-        started = (options.pretrained_backbone, options.init_checkpoint, options.finetune_checkpoint)
+        started = (options.pretrained_backbone, options.checkpoint, options.init_checkpoint)
         if all(path is None for path in started) and row.pretrained_backbone:
             _log(processes, f"note: the recipe starts from ImageNet weights ({row.pretrained_backbone}); "
                             "training from random initialisation (pass --pretrained-backbone FILE)")
@@ -412,26 +440,6 @@ def _lr(run: _Run) -> float:
     s = run.row.schedule
     return poly_lr(run.position.iteration, run.max_iters, s.lr, power=s.poly_power, min_lr=s.min_lr,
                    warmup_iters=s.warmup_iters, warmup_ratio=s.warmup_ratio)
-
-
-class _StopOnSigterm:
-    """Turns SIGTERM into a flag the loop checks once per step (main thread only; restored on exit)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def __enter__(self) -> "_StopOnSigterm":
-        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 def _nonfinite_message(run: _Run, lr: float, values: Mapping[str, float]) -> str:

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from pointrend_core.checks import positive_int
 from pointrend_core.engine.precision import Amp, amp_dtype
 
 
@@ -31,12 +32,12 @@ class TrainOptions:
     channels_last: bool = False
     workers: int | None = None
     """Loader workers per process; None = the row's `schedule.workers_per_process`."""
-    init_checkpoint: str | os.PathLike | None = None
+    checkpoint: str | os.PathLike | None = None
     """Initial weights for the whole model, loaded strictly (any file `load_checkpoint` accepts); ignored when
-    resuming."""
-    finetune_checkpoint: str | os.PathLike | None = None
+    resuming. CLI: --checkpoint."""
+    init_checkpoint: str | os.PathLike | None = None
     """Initial weights from a model trained on other classes (`load_for_finetuning`: the class-dependent layers
-    start afresh); ignored when resuming."""
+    start afresh); ignored when resuming. CLI: --init-checkpoint."""
     pretrained_backbone: str | os.PathLike | None = None
     """ImageNet ResNet-v1c weights for the backbone (the recipe's start); ignored when resuming."""
     log_every: int = 20
@@ -57,6 +58,13 @@ class TrainOptions:
             raise ValueError(f"workers must be >= 0, got {self.workers!r}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed!r}")
+        positive_int("eval_max_images", self.eval_max_images, optional=True)
+        if self.checkpoint is not None and self.init_checkpoint is not None:
+            raise ValueError(
+                "--checkpoint (every weight, strictly) and --init-checkpoint (fine-tuning: class layers start afresh) "
+                "both give the starting weights; drop one of them")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues the run in the folder and --overwrite deletes it; drop one of them")
 
     def to_dict(self) -> dict[str, Any]:
         """Primitive values only (paths as str), as stored in checkpoints and train.json."""
