@@ -29,7 +29,7 @@ from typing import Sequence
 
 from pointrend_core.checks import non_negative_int, positive_int
 from pointrend_core.config import DATASETS, RowConfig, default_run_dir, get_row, on_dataset
-from pointrend_core.data.demo import make_demo_dataset
+from pointrend_core.data.demo import demo_parameters, make_demo_dataset
 from pointrend_core.data.validate import check_dataset_report
 from pointrend_core.data.voc_aug import prepare_voc_aug
 from pointrend_core.engine.distributed import launched_rank, start_processes, stop_processes
@@ -108,7 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("make-demo-data", help="write the embedded procedural demo dataset")
     demo.add_argument("--out", required=True, type=Path, help="folder to create")
-    demo.add_argument("--num-images", type=_positive_int, help="images per split (default: the generator's)")
+    demo.add_argument("--num-images", type=_positive_int,
+                      help="images in all; every fifth is a val image (default: the generator's)")
+    demo.add_argument("--overwrite", action="store_true",
+                      help="replace a demo dataset made with another --num-images or --seed")
     demo.add_argument("--seed", type=_non_negative_int, default=0)
     return parser
 
@@ -217,6 +220,11 @@ def run_prepare_voc_aug(args: argparse.Namespace) -> int:
 
 def run_make_demo_data(args: argparse.Namespace) -> int:
     kwargs = {"seed": args.seed} if args.num_images is None else {"num_images": args.num_images, "seed": args.seed}
+    made = demo_parameters(args.out)
+    wanted = {"num_images": args.num_images or made.get("num_images"), "seed": args.seed}
+    if made and not args.overwrite and any(made.get(k) != v for k, v in wanted.items() if v is not None):
+        raise ValueError(f"{args.out} holds the demo dataset made with num_images {made.get('num_images')}, seed "
+                         f"{made.get('seed')}; pass --overwrite to replace it, or another --out")
     root = make_demo_dataset(args.out, **kwargs)
     print(f"demo dataset written to {root}")
     return 0

@@ -39,12 +39,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     cut short (a zip archive without its end), and one holding pickled code, which is refused without being
     run. None of them suggests loading with `weights_only=False`: that would run whatever the file holds.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"checkpoint {path} is a folder; expected a .pth file (a run's is "
-                                f"{path / 'checkpoint_final.pth'})")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    path = check_checkpoint_path(path)
     with path.open("rb") as f:
         head = f.read(4)
     is_zip, is_pickle = head.startswith(b"PK\x03\x04"), head[:1] == b"\x80"
@@ -74,6 +69,18 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict (a state dict or {{'model': ...}})")
     return obj
+
+
+def check_checkpoint_path(path: str | os.PathLike) -> Path:
+    """`path` as a Path when it is a file; the error a missing file or a folder gets otherwise (cheap: callers
+    check before a long setup)."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint {path} is a folder; expected a .pth file (a run's is "
+                                f"{path / 'checkpoint_final.pth'})")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return path
 
 
 def _zip_is_complete(path: Path) -> bool:

@@ -585,3 +585,29 @@ def test_run_rows_on_a_folder_dataset_names_the_run_after_row_and_folder(tmp_pat
         env = {k: v for k, v in __import__("os").environ.items() if k != "POINTREND_HELD_RUN_FOLDERS"}
         printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout
     assert f"run folder {runs / 'demo_my_shapes'} is in use by process" in printed
+
+
+def test_an_unreadable_run_record_is_shown_as_unreadable_and_stops_nothing(tmp_path: Path, fake_notebooks: Path,
+                                                                          capsys) -> None:
+    runs, reports = tmp_path / "runs", tmp_path / "reports"
+    (runs / "broken").mkdir(parents=True)
+    (runs / "broken" / "run.json").write_text("{not json")
+    (runs / "broken" / "status.json").write_text("[1, 2")
+    (tmp_path / "data" / "demo").mkdir(parents=True)
+    code = main(["run", "--rows", "demo", "--runs-dir", str(runs), "--reports-dir", str(reports), "--no-points",
+                 "--data-root", str(tmp_path / "data" / "demo"), "--notebooks-dir", str(fake_notebooks)])
+    captured = capsys.readouterr()
+    assert code == 1 and "usage:" not in captured.err
+    assert f"skipped an unreadable run record (shown as unreadable in the reports): {runs / 'broken' / 'run.json'}: " in (
+        captured.err)
+    index = (reports / "index.html").read_text()
+    assert "broken (unreadable)" in index and "is not valid JSON" in index
+    assert (runs / "demo" / "run.json").is_file() and "<td>demo</td><td>ok</td>" in index
+
+
+def test_workbook_paths_get_sentences(tmp_path: Path, capsys) -> None:
+    assert parse_data_roots(["demo"]) == Path("demo")  # a folder named like a row is a path
+    a_file = tmp_path / "runs.txt"
+    a_file.write_text("x")
+    with pytest.raises(ValueError, match=f"^runs_dir {a_file} is a file; expected a folder"):
+        run_rows(["demo"], runs_dir=a_file, reports_dir=tmp_path / "reports")

@@ -296,6 +296,7 @@ class DemoShapes(VOCSegmentation):
 
     CLASSES: ClassVar[tuple[str, ...]] = DEMO_CLASSES
     PALETTE: ClassVar[np.ndarray] = DEMO_PALETTE
+    LAYOUT = VOCSegmentation.LAYOUT + "; generate it with: python -m pointrend_core make-demo-data --out <root>"
 
 
 # --------------------------------------------------------------------------------------------------------

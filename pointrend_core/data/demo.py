@@ -384,6 +384,14 @@ def make_demo_dataset(out: str | Path, num_images: int = 300, seed: int = 0, siz
     return out
 
 
+def demo_parameters(out: str | Path) -> dict[str, int]:
+    """The parameters a demo dataset at `out` was made with ({} when there is none)."""
+    try:
+        return dict(json.loads((Path(out) / "demo.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
 def _is_demo_tree(out: Path, params: dict[str, int]) -> bool:
     marker = out / "demo.json"
     try:

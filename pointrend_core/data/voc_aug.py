@@ -248,7 +248,13 @@ class _Plan:
     sources: dict[str, tuple[str, Path]]  # id -> ("voc" | "sbd", label file)
 
 
+ARCHIVE_SUFFIXES = (".tar", ".tgz", ".gz", ".zip", ".bz2", ".xz")
+
+
 def _require_dir(path: Path, what: str, layout: str, hint: str = "") -> None:
+    if path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES):
+        raise NotADirectoryError(f"{what} {path} is an archive; extract it first (tar -xf or unzip) and pass the "
+                                 f"extracted folder: {layout}")
     if not path.is_dir():
         raise FileNotFoundError(f"{what} {path} does not exist or is not a folder; expected {layout}{hint}")
 
@@ -258,10 +264,19 @@ def _nested_hint(root: Path, child: str) -> str:
     return f" (did you mean {root / child}?)" if (root / child).is_dir() else ""
 
 
+def _swapped_hint(voc_root: Path, sbd_root: Path) -> None:
+    """--voc and --sbd given the other way round: say so rather than which file is missing."""
+    looks_sbd = lambda p: (p / "cls").is_dir() or (p / "dataset" / "cls").is_dir()  # noqa: E731
+    looks_voc = lambda p: (p / "JPEGImages").is_dir() or (p / "VOC2012" / "JPEGImages").is_dir()  # noqa: E731
+    if looks_sbd(voc_root) and looks_voc(sbd_root):
+        raise ValueError(f"--voc {voc_root} looks like SBD's folder and --sbd {sbd_root} like VOC2012's: swap them")
+
+
 def _plan(voc_root: Path, sbd_root: Path) -> _Plan:
     """Read the four split lists and choose each id's label source; check that every input file exists, so
     that a missing file stops the run before anything is written."""
     voc_hint, sbd_hint = _nested_hint(voc_root, "VOC2012"), _nested_hint(sbd_root, "dataset")
+    _swapped_hint(voc_root, sbd_root)
     _require_dir(voc_root, "VOC root", VOC_LAYOUT, voc_hint)
     _require_dir(sbd_root, "SBD root", SBD_LAYOUT, sbd_hint)
     _require_dir(voc_root / "JPEGImages", "VOC image folder", VOC_LAYOUT, voc_hint)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from pointrend_core.checkpoints import load_checkpoint
+from pointrend_core.checkpoints import check_checkpoint_path, load_checkpoint
 from pointrend_core.checks import check_max_images
 from pointrend_core.config import EvalConfig, RowConfig
 from pointrend_core.data.transforms import eval_transforms
@@ -391,7 +391,7 @@ def evaluate_run(
     check_max_images(max_images)
     folder = RunFolder(out_dir)
     if checkpoint is not None:
-        checkpoint = os.path.abspath(checkpoint)  # absolute: the record is read from other folders
+        checkpoint = os.path.abspath(check_checkpoint_path(checkpoint))  # absolute: the record is read from other folders
     root = row.data.resolve_root(data_root)
     split = split or row.data.val_split
     num_classes = row.model.num_classes

@@ -35,6 +35,7 @@ import papermill
 from papermill.exceptions import PapermillExecutionError
 from traitlets.config import Config
 
+from pointrend_core.checks import check_counts
 from pointrend_core.config import DATASETS, ROWS, RUNS_DIR, RowConfig, get_row, on_dataset
 from pointrend_core.data.datasets import DemoShapes
 from pointrend_core.data.demo import make_demo_dataset
@@ -43,6 +44,7 @@ from pointrend_core.model.inference import PRECISION_DTYPES, Precision, check_pr
 from pointrend_core.workbook.html import render_html, write_index_html
 from pointrend_core.workbook.notebook_progress import CELL_REPORTING_ENGINE, NotebookProgress
 from pointrend_core.workbook.status import RowStatus, read_status
+from pointrend_core.workbook.tables import unreadable_runs
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 """The notebooks of a source checkout (they are not part of the installed package)."""
@@ -86,7 +88,7 @@ def parse_data_roots(items: Sequence[str]) -> Path | dict[str, Path] | None:
     if not items:
         return None
     pairs = [item.partition("=") for item in items]
-    if len(items) == 1 and pairs[0][0] not in ROWS:
+    if len(items) == 1 and not (pairs[0][1] and pairs[0][0] in ROWS):  # one path, even one named like a row
         return Path(items[0])
     roots = {}
     for item, (row, sep, path) in zip(items, pairs):
@@ -254,6 +256,9 @@ def run_rows(
     before, not forced) carry `skipped=True`.
     """
     runs_dir, reports_dir = Path(runs_dir), Path(reports_dir)
+    for option, folder in (("runs_dir", runs_dir), ("reports_dir", reports_dir)):
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{option} {folder} is a file; expected a folder (or a new path)")
     notebooks_dir = Path(notebooks_dir) if notebooks_dir is not None else NOTEBOOKS_DIR
     for name in (TRAIN_EVALUATE, POINT_SELECTION, RESULTS):
         if not (notebooks_dir / name).is_file():
@@ -262,6 +267,7 @@ def run_rows(
             )
     check_precision(precision, "cuda" if str(device).startswith("cuda") else "cpu")
     parameters = {"max_iters": max_iters, "device": device, **(extra_params or {})}
+    check_counts(parameters)
     if precision != "fp32":  # the notebooks' default; other notebooks (--notebooks-dir) need not declare it
         parameters["precision"] = precision
     if released_dir is not None and "checkpoint" in parameters:
@@ -391,7 +397,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               "finished keep their reports, and a re-run continues with the others", file=sys.stderr, flush=True)
         return 130
     print(f"[workbook] index: {Path(args.reports_dir) / 'index.html'}")
-    return 0 if all(status.ok for status in statuses.values()) else 1
+    unreadable = unreadable_runs(args.runs_dir)
+    for path, reason in unreadable:
+        print(f"[workbook] skipped an unreadable run record (shown as unreadable in the reports): {path}: {reason}",
+              file=sys.stderr)
+    return 0 if all(status.ok for status in statuses.values()) and not unreadable else 1
 
 
 if __name__ == "__main__":

@@ -59,7 +59,15 @@ def read_status(run_dir: str | os.PathLike) -> RowStatus | None:
 
 
 def read_statuses(runs_dir: str | os.PathLike) -> dict[str, RowStatus]:
-    """Every `runs_dir/*/status.json`, by row name."""
+    """Every readable `runs_dir/*/status.json`, by row name (an unreadable one counts as no status: the row
+    shows as not run rather than stopping the index)."""
     root = Path(runs_dir)
-    statuses = (read_status(path.parent) for path in sorted(root.glob(f"*/{RunFolder.STATUS}"))) if root.is_dir() else ()
-    return {status.row: status for status in statuses if status is not None}
+    found = {}
+    for path in sorted(root.glob(f"*/{RunFolder.STATUS}")) if root.is_dir() else ():
+        try:
+            status = read_status(path.parent)
+        except ValueError:
+            continue
+        if status is not None:
+            found[status.row] = status
+    return found

@@ -23,6 +23,7 @@ import pandas as pd
 
 from pointrend_core.config import DATASETS, ROWS, RowConfig
 from pointrend_core.engine.records import RunRecord, TrainRecord
+from pointrend_core.engine.run_folder import RunFolder
 
 NOT_RUN = "not run"
 
@@ -236,15 +237,34 @@ RUNS_DISPLAY_COLUMNS = [
 ]
 
 
+def _read_runs(runs_dir: str | os.PathLike) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """(`run_summary` of every readable `runs_dir/*/run.json`, (path, reason) of every unreadable one)."""
+    root = Path(runs_dir)
+    paths = sorted(root.glob(f"*/{RunFolder.RUN}")) if root.is_dir() else []
+    readable, unreadable = [], []
+    for path in paths:
+        try:
+            readable.append(run_summary(RunRecord.read(path), path))
+        except (ValueError, OSError, TypeError, AttributeError) as error:
+            unreadable.append((str(path), str(error).removeprefix(f"{path}: ").removeprefix(f"{path} ")))
+    return readable, unreadable
+
+
 def collect_runs(runs_dir: str | os.PathLike) -> pd.DataFrame:
     """One line per `runs_dir/*/run.json`, columns `RUN_COLUMNS`, scores in percent, sorted by row and folder.
 
-    An unreadable run.json raises ValueError naming the file; a missing runs_dir gives an empty table.
+    A run.json that cannot be read is left out of the lines and listed, with the reason, in the table's
+    `attrs["unreadable"]` ((path, reason) pairs: `unreadable_runs`); a missing runs_dir gives an empty table.
     """
-    root = Path(runs_dir)
-    paths = sorted(root.glob("*/run.json")) if root.is_dir() else []
-    records = [run_summary(RunRecord.read(path), path) for path in paths]
-    return pd.DataFrame.from_records(records, columns=RUN_COLUMNS)
+    readable, unreadable = _read_runs(runs_dir)
+    table = pd.DataFrame.from_records(readable, columns=RUN_COLUMNS)
+    table.attrs["unreadable"] = unreadable
+    return table
+
+
+def unreadable_runs(runs_dir: str | os.PathLike) -> list[tuple[str, str]]:
+    """(path, reason) of every run.json under `runs_dir` that cannot be read as a run record."""
+    return _read_runs(runs_dir)[1]
 
 
 def to_the_minute(timestamp: str | None) -> str:
@@ -322,6 +342,8 @@ def results_table(runs_dir: str | os.PathLike) -> pd.DataFrame:
             run["hardware"] or "—",
             _source(run),
         ]
+    for path, reason in runs.attrs.get("unreadable", []):  # named, with the reason, instead of stopping the table
+        lines[f"{Path(path).parent.name} (unreadable)"] = ["—"] * (len(TABLE_COLUMNS) - 1) + [f"{path}: {reason}"]
     table = pd.DataFrame.from_dict(lines, orient="index", columns=TABLE_COLUMNS)
     table.index.name = "row"
     return table

@@ -17,6 +17,7 @@ from typing import Sequence
 from pointrend_core.config import DATASETS, RowConfig, get_row, on_dataset
 from pointrend_core.engine.evaluate import evaluate_run
 from pointrend_core.engine.records import RunRecord
+from pointrend_core.checks import check_counts
 from pointrend_core.engine.run_folder import RunFolder
 from pointrend_core.engine.train import TrainOptions, train
 from pointrend_core.model import PointRend, build_model
@@ -217,6 +218,8 @@ def train_and_evaluate(
     The evaluation runs at `precision`, its features compiled with `compile` (`evaluate_run`); the training
     arguments are `train_row`'s."""
     check_precision(precision, device)  # before a training, not after it
+    check_counts({"max_iters": max_iters, "gpus": gpus, "seed": seed, "workers": workers,
+                  "max_eval_images": max_eval_images})
     if checkpoint is None:
         checkpoint = train_row(
             row, data_root, out_dir, max_iters=max_iters, gpus=gpus, seed=seed, device=device, workers=workers,
