@@ -378,7 +378,7 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()
 
 
-def train_command(ctx: Context, out: Path, *extra: str, amp: str = "none") -> list[str]:
+def train_command(ctx: Context, out: Path, *extra: str, amp: str = "fp32") -> list[str]:
     return ["-m", "pointrend_core", "train", "--config", "demo", "--data-root", str(ctx.demo_root),
             "--device", ctx.device, "--amp", amp, "--out", str(out), "--no-progress", *extra]
 
@@ -506,7 +506,7 @@ def check_torchrun_trainer(ctx: Context) -> CheckResult:
 def check_resume(ctx: Context) -> CheckResult:
     """4 iterations (checkpoint every 2), then --resume to 6; fp16 so that the GradScaler state is restored too
     (fp32 in a rehearsal on the CPU)."""
-    amp = "none" if ctx.rehearsal else "fp16"  # the CPU: bf16 training has run in step 3; fp32 is faster there
+    amp = "fp32" if ctx.rehearsal else "fp16"  # the CPU: bf16 training has run in step 3; fp32 is faster there
     name = "resume on CPU (fp32)" if ctx.rehearsal else "resume on GPU (fp16)"
     out = ctx.work / "train_resume"
     first = ctx.run(name + " part 1", [sys.executable, *train_command(ctx, out, "--max-iters", "4",

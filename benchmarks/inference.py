@@ -185,14 +185,14 @@ def staged(net: PointRend | InferenceModel, images: Tensor) -> dict[str, float]:
                     lambda p: (model.auxiliary_decoder(model.scale_heads(p)).float().contiguous(), p[0].float()),
                     pyramid,
                 )
-            subdivide = lambda r: net.subdivide(r, fine, coarse, points, record=False)[0]  # noqa: E731
+            subdivide = lambda r: net.model.subdivide(r, fine, coarse, points, record=False)[0]  # noqa: E731
         else:
             stack.enter_context(torch.inference_mode())
             features = timed("backbone", model.backbone_net, images)
             pyramid = timed("fpn", model.fpn_neck, features)
             coarse = timed("coarse head", lambda p: model.auxiliary_decoder(model.scale_heads(p)), pyramid)
             fine = pyramid[0]
-            subdivide = lambda r: model.subdivide(r, fine, coarse, points)[0]  # noqa: E731
+            subdivide = lambda r: model.subdivide(r, fine, coarse, points, record=False)[0]  # noqa: E731
         refined = coarse
         for step in range(steps):
             refined = timed(f"step {step + 1}", subdivide, refined)

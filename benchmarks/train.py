@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pointrend_core.config import get_row  # noqa: E402
 from pointrend_core.engine.distributed import resolve_device  # noqa: E402
 from pointrend_core.engine.evaluate import inference_model, predict  # noqa: E402
-from pointrend_core.engine.precision import inference_precision  # noqa: E402
+from pointrend_core.engine.precision import AMP_DTYPES, OLD_SPELLINGS, inference_precision  # noqa: E402
 from pointrend_core.engine.records import environment  # noqa: E402
-from pointrend_core.engine.train import train_step  # noqa: E402
+from pointrend_core.engine.train_step import train_step  # noqa: E402
 from pointrend_core.labels import IGNORE_INDEX  # noqa: E402
 from pointrend_core.model import build_model  # noqa: E402
 
@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps / images before timing")
     parser.add_argument("--eval-images", type=int, default=2, help="timed evaluation images")
     parser.add_argument("--eval-size", type=int, nargs=2, default=(512, 683), metavar=("H", "W"))
-    parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
+    parser.add_argument("--amp", type=lambda text: OLD_SPELLINGS.get(text, text), choices=tuple(AMP_DTYPES),
+                        default="fp32")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     args = parser.parse_args(argv)

@@ -36,8 +36,13 @@ from pointrend_core.engine.distributed import launched_rank, start_processes, st
 from pointrend_core.engine.evaluate import default_evaluation_folder, evaluate_run
 from pointrend_core.engine.run_folder import RunFolder
 from pointrend_core.engine.train import NonFiniteLossError, TrainingInterrupted, TrainOptions, train
+from pointrend_core.engine.precision import AMP_DTYPES, OLD_SPELLINGS
 from pointrend_core.interrupts import exit_code, signal_name, signals_raise_stopped
 from pointrend_core.model.inference import PRECISION_DTYPES, check_precision, retain_freed_memory
+
+
+def _precision(text: str) -> str:
+    return OLD_SPELLINGS.get(text, text)  # argparse then checks the choices
 
 
 def _positive_int(text: str) -> int:
@@ -71,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="start afresh in a folder holding an earlier run, deleting it")
     train.add_argument("--seed", type=_non_negative_int, default=0)
     train.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    train.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="mixed precision (fp16: CUDA only)")
+    train.add_argument("--amp", type=_precision, choices=tuple(AMP_DTYPES), default="fp32",
+                       help="training precision (fp16: CUDA only; 'none' is accepted for fp32)")
     train.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     train.add_argument("--batch-size", type=_positive_int, help="total batch size over all processes (override)")
     train.add_argument("--crop", type=_positive_int, nargs=2, metavar=("H", "W"), help="training crop size (override)")

@@ -78,6 +78,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     return path
 
 
+def atomic_copy(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Copy the file `source` to `target` atomically (16 MiB at a time)."""
+    with open(source, "rb") as f:
+        return atomic_write(target, lambda out: shutil.copyfileobj(f, out, length=1 << 24))
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return atomic_write(path, lambda f: f.write(data))
 

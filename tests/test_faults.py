@@ -249,3 +249,14 @@ def test_numeric_inputs_get_the_same_sentence_everywhere(tmp_path: Path) -> None
         run_rows(["demo"], runs_dir=tmp_path / "runs", reports_dir=tmp_path / "r", max_iters=0)
     assert not (tmp_path / "runs").exists() and not (tmp_path / "e").exists()
 
+
+
+def test_option_names_are_one_from_the_cli_down() -> None:
+    from pointrend_core.__main__ import build_parser
+    from pointrend_core.engine.train_options import TrainOptions
+
+    assert TrainOptions(amp="none").amp == "fp32"  # the old spelling keeps working
+    args = build_parser().parse_args(["train", "--config", "demo", "--amp", "none", "--checkpoint", "a.pth",
+                                      "--init-checkpoint", "b.pth"])
+    assert (args.amp, str(args.checkpoint), str(args.init_checkpoint)) == ("fp32", "a.pth", "b.pth")
+    assert {"checkpoint", "init_checkpoint", "amp"} <= set(TrainOptions.__dataclass_fields__)

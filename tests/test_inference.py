@@ -29,7 +29,8 @@ from torch import Tensor
 from numerics import POINT_HEAD_DEPTH, assert_same_top_k, max_abs_difference, relative_tolerance, scale
 from pointrend_core.config import DEMO
 from pointrend_core.model import PointRend, PointRendOutput, build_model
-from pointrend_core.model.inference import InferenceModel, InferenceSettings, prepare_for_inference, top2_uncertainty
+from pointrend_core.model.inference import InferenceModel, InferenceSettings, prepare_for_inference
+from pointrend_core.model.points import top2_uncertainty
 from pointrend_core.model.points import uncertainty
 
 pytestmark = pytest.mark.numerics  # float results on this CPU's kernels: CI runs these twice (.ci/run)
@@ -279,20 +280,22 @@ def test_top2_uncertainty_equals_the_topk_one_bit_for_bit(classes):
 
 
 @pytest.mark.parametrize("record", [True, False])
-def test_the_fast_subdivision_is_the_models_bit_for_bit(model, record):
-    """Same inputs -> the same cells, logits and recorded maps as `PointRend.subdivide` (the speed-ups are
-    exact), and the recorded upsampled map is not overwritten by the in-place update."""
+def test_the_in_place_subdivision_step_equals_the_recorded_one(model, record):
+    """The step written in place (no copy of the map) gives the same cells and logits as the recorded one,
+    whose upsampled map is not overwritten by the update; and the fast path's refinement is that step's."""
     fast = prepare_for_inference(model)
     for coarse in (quantised_logits((2, DEMO.model.num_classes, 24, 32)),
                    torch.randn(2, DEMO.model.num_classes, 24, 32, generator=torch.Generator().manual_seed(5))):
         fine = torch.randn(2, DEMO.model.fpn_channels, 24, 32, generator=torch.Generator().manual_seed(6))
         with torch.inference_mode():
-            theirs, their_step = fast.model.subdivide(coarse, fine, coarse, 500)  # the folded model's own step
-            ours, our_step = fast.subdivide(coarse, fine, coarse, 500, record=record)
+            theirs, their_step = fast.model.subdivide(coarse, fine, coarse, 500)  # recorded
+            ours, our_step = fast.model.subdivide(coarse, fine, coarse, 500, record=record)
+            refined = fast.refine(fine, coarse, steps=1, num_points=500).logits
         assert torch.equal(our_step.point_indices, their_step.point_indices)
         assert torch.equal(our_step.uncertainty, their_step.uncertainty)
-        assert torch.equal(ours, theirs)
+        assert torch.equal(ours, theirs) and torch.equal(refined, theirs)
         assert torch.equal(our_step.logits, their_step.logits) == record
+        assert not torch.equal(their_step.logits, theirs)  # the recorded map is the one before the update
 
 
 def test_channels_last_input_gives_the_same_points_as_contiguous(model):

@@ -100,7 +100,7 @@ def test_training_writes_checkpoints_metrics_and_summary(short_run: Path) -> Non
     assert summary["epochs"] == pytest.approx(4 / 3)
     assert summary["world_size"] == 1 and summary["per_process_batch"] == 2
     assert summary["synchronized_batchnorm_layers"] == 0
-    assert summary["amp"] == "none" and summary["device"] == "cpu"
+    assert summary["amp"] == "fp32" and summary["device"] == "cpu"
     assert summary["seed"] == 3
     assert summary["iters_per_second"] > 0 and summary["wall_seconds"] > 0
     assert set(summary["final_losses"]) == {"loss", "loss_aux", "loss_point"}

@@ -95,6 +95,21 @@ def dataset_warnings(datasets: Sequence[SegmentationDataset]) -> list[str]:
     return found
 
 
+def check_before_training(train: SegmentationDataset, layout: type[SegmentationDataset], val_split: str) -> list[str]:
+    """What `check-data` finds without decoding, before a training starts: fewer than two classes is refused
+    (ValueError), the rest (repeated ids, train/val overlap, ambiguous image files) is returned as warnings.
+    `layout` and `val_split` open the validation split beside `train` when there is one."""
+    if train.num_classes < 2:
+        raise ValueError(f"{train.root} has {train.num_classes} class ({', '.join(train.classes)}); segmentation "
+                         "needs at least two (e.g. background and object)")
+    splits = [train]
+    try:
+        splits.append(layout(train.root, val_split))
+    except (OSError, ValueError):
+        pass  # a training-only dataset: nothing to compare with
+    return dataset_warnings(splits)
+
+
 def _some(ids: Sequence[str], show: int = 5) -> str:
     return ", ".join(ids[:show]) + (f", ... ({len(ids) - show} more)" if len(ids) > show else "")
 
@@ -195,4 +210,5 @@ def _map(fn: Callable[[int], list[str]], items: list[int], workers: int) -> Iter
         yield from pool.map(fn, items)
 
 
-__all__ = ["check_dataset", "check_dataset_report", "check_sample", "dataset_warnings", "DatasetCheck"]
+__all__ = ["check_dataset", "check_dataset_report", "check_sample", "check_before_training", "dataset_warnings",
+           "DatasetCheck"]

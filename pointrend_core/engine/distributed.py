@@ -180,6 +180,25 @@ def _convert_cpu(module: nn.Module) -> nn.Module:
     return module
 
 
+def place_for_training(model: nn.Module, processes: Processes, channels_last: bool = False) -> tuple[nn.Module, int]:
+    """`model` on this process's device in training mode (channels-last if asked); with several processes its
+    BatchNorms synchronised and the whole wrapped in DDP. Returns (module to train, number of synchronised
+    BatchNorm layers)."""
+    device = processes.device
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the reference; fp32 convolutions without TF32
+        torch.backends.cudnn.allow_tf32 = False
+    model.train()
+    if processes.world_size == 1:
+        return model, 0
+    model, synced = convert_sync_batchnorm(model, device)
+    ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return ddp, synced
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside DistributedDataParallel (the model itself otherwise)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model

@@ -12,12 +12,10 @@ single-process or distributed, resumable bit for bit. Read `train` top to bottom
   `interrupts`) finishes the current step, writes `checkpoint_last.pth` and raises `TrainingInterrupted`; a
   second one stops at once (the previous checkpoint stays valid); a non-finite loss raises `NonFiniteLossError`
   before the update, leaving the last good checkpoint untouched.
-- Logs: a tqdm bar (rank 0); `progress.json` after every step (`engine.progress`); `metrics.jsonl`, one JSON
-  object per log step (iteration, fractional epoch, lr, mean losses of the window, cumulative seconds) and,
-  with `evaluate`, one per evaluation (iteration, epoch, mIoU, coarse_mIoU, boundary_mIoU in %);
-  `train.json` (an `engine.records.TrainRecord`) at the end.
+- Files (`engine.run_folder.RunFolder` names them): a tqdm bar (rank 0); `progress.json` after every step;
+  `metrics.jsonl` (`engine.train_log.LogLine`); `train.json` (`engine.records.TrainRecord`) at the end.
 - Evaluation (`evaluate=True`, off by default): `evaluate_run` every `schedule.eval_every_epochs` epochs into
-  out_dir/eval/epoch_NNN/run.json and at the end into out_dir/run.json (which then includes train.json).
+  eval/epoch_NNN/run.json and at the end into run.json (which then includes train.json).
 
 Conventions: "iteration" counts completed optimiser steps (the step taken at iteration i uses `poly_lr(i)`,
 i from 0); images (B, 3, H, W) float32 normalised, targets (B, H, W) int64 with IGNORE_INDEX; B is the
@@ -27,20 +25,17 @@ per-process batch. Only rank 0 writes files.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import shutil
 import signal
 import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -55,35 +50,21 @@ from pointrend_core.data.loading import (
     worker_error_message,
 )
 from pointrend_core.data.transforms import train_transforms
-from pointrend_core.data.validate import dataset_warnings
-from pointrend_core.engine.distributed import (
-    Processes,
-    convert_sync_batchnorm,
-    start_processes,
-    stop_processes,
-    sum_over_processes,
-    unwrap,
-)
+from pointrend_core.data.validate import check_before_training
+from pointrend_core.engine.distributed import Processes, place_for_training, start_processes, stop_processes, unwrap
 from pointrend_core.engine.evaluate import evaluate_run
-from pointrend_core.engine.precision import Amp, autocast, inference_precision
+from pointrend_core.engine.precision import inference_precision
 from pointrend_core.engine.progress import TrainProgress
 from pointrend_core.engine.records import TrainRecord, config_json, environment
 from pointrend_core.engine.run_folder import RunFolder
 from pointrend_core.engine.schedule import iters_per_epoch, poly_lr
 from pointrend_core.engine.state import Position, TrainState, gather_rng_states, restore_rng_states
 from pointrend_core.engine.train_options import TrainOptions
+from pointrend_core.engine.train_step import NonFiniteLossError, train_step
 from pointrend_core.engine.train_log import LogLine, append_line, keep_lines_up_to, window_line
-from pointrend_core.files import atomic_write, atomic_write_text
+from pointrend_core.files import atomic_copy, atomic_write_text
 from pointrend_core.interrupts import StopFlag, signal_name
 from pointrend_core.model import build_model
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or Inf; the message names the iteration and the last good checkpoint."""
-
-    def __init__(self, message: str, losses: Mapping[str, float] | None = None) -> None:
-        super().__init__(message)
-        self.losses = dict(losses or {})
-
 
 class TrainingInterrupted(RuntimeError):
     """A stop signal stopped the run after writing checkpoint_last.pth; `resume=True` continues it. `signum`
@@ -140,14 +121,6 @@ class _Run:
     synced_layers: int = 0
 
     @property
-    def last_path(self) -> Path:
-        return self.folder.last_checkpoint
-
-    @property
-    def final_path(self) -> Path:
-        return self.folder.final_checkpoint
-
-    @property
     def checkpoint_every(self) -> int:
         return self.options.checkpoint_every or self.steps_per_epoch
 
@@ -156,7 +129,7 @@ def _train(
     row: RowConfig, root: Path, folder: RunFolder, options: TrainOptions, processes: Processes, model: nn.Module | None
 ) -> Path:
     if options.amp == "fp16" and processes.device.type != "cuda":
-        raise ValueError("amp 'fp16' needs CUDA (it uses a GradScaler); on CPU use 'bf16' or 'none'")
+        raise ValueError("amp 'fp16' needs CUDA (it uses a GradScaler); on CPU use 'bf16' or 'fp32'")
     per_process_batch = _per_process_batch(row, processes)
     resumed = _state_to_resume(folder, row, options, processes, per_process_batch)
     if resumed is None and not options.overwrite:
@@ -167,7 +140,8 @@ def _train(
 
     # Data
     dataset = row.data.dataset(root, row.data.train_split, transforms=train_transforms(row.data))
-    _check_data(dataset, row, root, processes)
+    for warning in check_before_training(dataset, row.data.dataset, row.data.val_split):
+        _log(processes, f"warning: {warning}")
     steps_per_epoch = iters_per_epoch(len(dataset), processes.world_size, per_process_batch)
     if steps_per_epoch == 0:
         raise ValueError(
@@ -216,55 +190,13 @@ def _train(
 
     # The final checkpoint, the summary, the evaluation
     if processes.is_main:
-        _copy_file(run.last_path, run.final_path)
+        atomic_copy(run.folder.last_checkpoint, run.folder.final_checkpoint)
         _summary(run, time.perf_counter() - session_start, start_iteration).write(folder.train_record)
     if processes.world_size > 1:
         dist.barrier()  # the final checkpoint exists for every process before anyone evaluates it
     if options.evaluate:
-        _evaluate(run, folder, run.final_path, model)
-    return run.final_path
-
-
-def train_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler | None,
-    images: Tensor,
-    targets: Tensor,
-    lr: float,
-    *,
-    amp: Amp = "none",
-    processes: Processes | None = None,
-    stop_requested: bool = False,
-) -> tuple[dict[str, float], bool]:
-    """One SGD step at `lr` on a batch already on the model's device.
-
-    Forward under autocast (`amp`), the losses averaged over processes in one all-reduce that also carries
-    every process's stop request (so all take the same NaN and stop decisions), then backward (scaled by
-    `scaler` for fp16) and the optimiser step. Returns (mean value of each loss, whether any process asked to
-    stop). Raises `NonFiniteLossError` before the update when a loss is NaN or inf: the weights stay as they
-    were.
-    """
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    with autocast(images.device, amp):
-        losses = model(images, targets)
-    world_size = processes.world_size if processes is not None else 1
-    stats = torch.stack([value.detach().float().reshape(()) for value in losses.values()]).cpu()
-    stats = sum_over_processes(torch.cat([stats, torch.tensor([float(stop_requested)])]))
-    values = {name: v / world_size for name, v in zip(losses, stats[:-1].tolist())}
-    if not all(math.isfinite(v) for v in values.values()):
-        raise NonFiniteLossError("non-finite loss: " + ", ".join(f"{k}={v}" for k, v in values.items()), values)
-    total = sum(losses.values())
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(total).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        total.backward()
-        optimizer.step()
-    return values, bool(stats[-1] > 0)
+        _evaluate(run, folder, run.folder.final_checkpoint, model)
+    return run.folder.final_checkpoint
 
 
 def _loop(
@@ -289,7 +221,7 @@ def _loop(
                     values, stop_requested = train_step(model, optimizer, scaler, images, targets, lr, amp=options.amp,
                                                         processes=processes, stop_requested=stop.requested)
                 except NonFiniteLossError as error:
-                    raise NonFiniteLossError(_nonfinite_message(run, lr, error.losses), error.losses) from None
+                    raise error.during(position.iteration, position.epoch, lr, run.folder.last_checkpoint) from None
                 position.advance(run.steps_per_epoch)
                 for name, value in values.items():
                     window.setdefault(name, []).append(value)
@@ -311,7 +243,7 @@ def _loop(
                     signum = stop.signum or signal.SIGTERM  # None: another process of the run got it
                     raise TrainingInterrupted(
                         f"{signal_name(signum)}: stopped at iteration {position.iteration} of {run.max_iters}; "
-                        f"{run.last_path} written, continue with --resume", signum)
+                        f"{run.folder.last_checkpoint} written, continue with --resume", signum)
                 if (options.evaluate and position.batch_in_epoch == 0 and not done
                         and position.epoch % run.row.schedule.eval_every_epochs == 0):
                     _evaluate(run, run.folder.epoch_evaluation(position.epoch), None, model)
@@ -321,21 +253,6 @@ def _loop(
 
 # --------------------------------------------------------------------------------------------------
 # Setting up
-
-
-def _check_data(dataset: Any, row: RowConfig, root: Path, processes: Processes) -> None:
-    """What `check-data` finds without decoding, before anything starts: too few classes is refused, the
-    rest (repeated ids, train/val overlap, ambiguous image files) is said once."""
-    if dataset.num_classes < 2:
-        raise ValueError(f"{root} has {dataset.num_classes} class ({', '.join(dataset.classes)}); segmentation "
-                         "needs at least two (e.g. background and object)")
-    splits = [dataset]
-    try:
-        splits.append(row.data.dataset(root, row.data.val_split))
-    except (OSError, ValueError):
-        pass  # a training-only dataset: nothing to compare with
-    for warning in dataset_warnings(splits):
-        _log(processes, f"warning: {warning}")
 
 
 def _per_process_batch(row: RowConfig, processes: Processes) -> int:
@@ -390,19 +307,7 @@ def _prepare_model(
         if all(path is None for path in started) and row.pretrained_backbone:
             _log(processes, f"note: the recipe starts from ImageNet weights ({row.pretrained_backbone}); "
                             "training from random initialisation (pass --pretrained-backbone FILE)")
-    device = processes.device
-    model.to(device)
-    if options.channels_last:
-        model.to(memory_format=torch.channels_last)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as the reference; fp32 convolutions without TF32
-        torch.backends.cudnn.allow_tf32 = False
-    model.train()
-    if processes.world_size == 1:
-        return model, 0
-    model, synced = convert_sync_batchnorm(model, device)
-    ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    return ddp, synced
+    return place_for_training(model, processes, options.channels_last)
 
 
 def _restore(run: _Run, state: TrainState, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
@@ -419,7 +324,7 @@ def _restore(run: _Run, state: TrainState, optimizer: torch.optim.Optimizer, sca
     restore_rng_states(state, run.processes)
     if run.processes.is_main:
         keep_lines_up_to(run.folder.metrics_log, run.position.iteration)
-    _log(run.processes, f"resume: {run.last_path} at iteration {run.position.iteration} (epoch "
+    _log(run.processes, f"resume: {run.folder.last_checkpoint} at iteration {run.position.iteration} (epoch "
                         f"{run.position.epoch}, batch {run.position.batch_in_epoch} of {run.steps_per_epoch})")
 
 
@@ -440,15 +345,6 @@ def _lr(run: _Run) -> float:
     s = run.row.schedule
     return poly_lr(run.position.iteration, run.max_iters, s.lr, power=s.poly_power, min_lr=s.min_lr,
                    warmup_iters=s.warmup_iters, warmup_ratio=s.warmup_ratio)
-
-
-def _nonfinite_message(run: _Run, lr: float, values: Mapping[str, float]) -> str:
-    kept = f"the last good checkpoint is {run.last_path}" if run.last_path.exists() else "no checkpoint was written yet"
-    return (
-        f"non-finite loss at iteration {run.position.iteration} (epoch {run.position.epoch}, lr {lr:.3g}): "
-        + ", ".join(f"{k}={v}" for k, v in values.items())
-        + f"; training stopped, {kept}. Lower the learning rate or check the data."
-    )
 
 
 def _append_metrics(run: _Run, line: LogLine) -> None:
@@ -481,7 +377,7 @@ def _save_last(
         options=run.options.to_dict(),
         wall_seconds=run.wall_before + (time.perf_counter() - session_start),
         last_record=run.last_line.to_json() if run.last_line is not None else None,
-    ).save(run.last_path)
+    ).save(run.folder.last_checkpoint)
 
 
 def _evaluate(run: _Run, folder: RunFolder, checkpoint: Path | None, model: nn.Module) -> None:
@@ -510,11 +406,6 @@ def _evaluate(run: _Run, folder: RunFolder, checkpoint: Path | None, model: nn.M
 # Finishing
 
 
-def _copy_file(source: Path, target: Path) -> None:
-    with source.open("rb") as f:
-        atomic_write(target, lambda out: shutil.copyfileobj(f, out, length=1 << 24))
-
-
 def _summary(run: _Run, session: float, start_iteration: int) -> TrainRecord:
     """What train.json holds: what was trained, how long it took, on what, and the final losses."""
     line = run.last_line
@@ -540,7 +431,7 @@ def _summary(run: _Run, session: float, start_iteration: int) -> TrainRecord:
         resumed_from_iteration=start_iteration or None,
         final_losses={"loss": line.loss, **line.losses} if line is not None else {},
         final_lr=line.lr if line is not None else None,
-        checkpoint=os.path.abspath(run.final_path),  # absolute: records are read from other folders
+        checkpoint=os.path.abspath(run.folder.final_checkpoint),  # absolute: records are read from other folders
         options=run.options.to_dict(),
         environment=environment(run.processes.device),
     )

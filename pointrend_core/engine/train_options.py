@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pointrend_core.checks import positive_int
-from pointrend_core.engine.precision import Amp, amp_dtype
+from pointrend_core.engine.precision import Amp, precision_name
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class TrainOptions:
     seed: int = 0
     device: str = "auto"
     """"auto" (CUDA when available), "cpu", "cuda" or "cuda:N"; under torchrun CUDA means cuda:LOCAL_RANK."""
-    amp: Amp = "none"
+    amp: Amp = "fp32"
     """Autocast dtype: bf16 on CPU or CUDA; fp16 (with a GradScaler) on CUDA only."""
     channels_last: bool = False
     workers: int | None = None
@@ -49,7 +49,7 @@ class TrainOptions:
     """Show the tqdm bar (rank 0)."""
 
     def __post_init__(self) -> None:
-        amp_dtype(self.amp)  # a clear error for an unknown value
+        object.__setattr__(self, "amp", precision_name(self.amp))  # one spelling ("none" -> "fp32")
         for name in ("max_iters", "checkpoint_every", "log_every"):
             value = getattr(self, name)
             if value is not None and value < 1:

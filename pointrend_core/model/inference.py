@@ -41,11 +41,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pointrend_core.model.pointrend import PointRend, PointRendOutput, SubdivisionStep, fuse_for_inference
-from pointrend_core.model.points import uncertain_points_on_grid
+from pointrend_core.model.pointrend import PointRend, PointRendOutput, fuse_for_inference
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISION_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -165,40 +163,10 @@ class InferenceModel(nn.Module):
         num_points: int | None = None,
         record_steps: bool = False,
     ) -> PointRendOutput:
-        """`PointRend.refine` under `inference_context`, with `subdivide` for its steps; float32 results."""
-        cfg = self.cfg
-        steps = cfg.subdivision_steps if steps is None else steps
-        num_points = cfg.subdivision_num_points if num_points is None else num_points
-        if steps < 0 or num_points < 1:
-            raise ValueError(f"subdivision needs steps >= 0 and num_points >= 1, got {steps} and {num_points}")
-        coarse_logits = coarse_logits.float()
-        refined = coarse_logits
-        recorded: list[SubdivisionStep] = []
+        """The folded model's own `PointRend.refine` under `inference_context`, on float32 logits (so every
+        step runs in float32 whatever the precision of the features)."""
         with self.inference_context(coarse_logits.device.type):
-            for _ in range(steps):
-                refined, step = self.subdivide(refined, fine_features, coarse_logits, num_points, record_steps)
-                if record_steps:
-                    recorded.append(step)
-        return PointRendOutput(refined, coarse_logits, recorded)
-
-    def subdivide(
-        self, logits: Tensor, fine_features: Tensor, coarse_logits: Tensor, num_points: int, record: bool = True
-    ) -> tuple[Tensor, SubdivisionStep]:
-        """`PointRend.subdivide` with the same results bit for bit (same upsampling, same uncertainty values,
-        same top-k on a contiguous NCHW map, so the same cells whatever the input layout), faster at large
-        sizes: the top-2 gap by a running max over classes (`top2_uncertainty`, 16x faster than `topk` over
-        the channel dimension), and the chosen cells written in place (unless the step is `record`ed, which
-        keeps the upsampled map) instead of copying the whole map. logits (B, C, h, w) float32."""
-        upsampled = F.interpolate(logits.float(), scale_factor=2, mode="bilinear", align_corners=False).contiguous()
-        batch, channels, height, width = upsampled.shape
-        uncertainty_map = top2_uncertainty(upsampled)
-        indices, coords = uncertain_points_on_grid(uncertainty_map, num_points)
-        point_logits = self.model.point_logits(fine_features, coarse_logits, coords).to(upsampled.dtype)
-        refined = upsampled.clone() if record else upsampled
-        refined.view(batch, channels, height * width).scatter_(
-            2, indices.unsqueeze(1).expand(-1, channels, -1), point_logits
-        )
-        return refined, SubdivisionStep(upsampled, uncertainty_map, indices, coords)
+            return self.model.refine(fine_features, coarse_logits.float(), steps, num_points, record_steps)
 
     def forward(
         self,
@@ -216,22 +184,6 @@ class InferenceModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"precision={self.precision!r}, compiled={self.compiled}, channels_last={self.settings.channels_last}"
-
-
-def top2_uncertainty(logits: Tensor) -> Tensor:
-    """`points.uncertainty` (second-largest minus largest logit over dim 1), the same values bit for bit:
-    a running (largest, second) pair over the classes, each step an elementwise max/min over the (B, H, W)
-    map. `topk(2, dim=1)` walks the classes with a stride of H*W per pixel; this streams contiguous rows.
-    logits (B, C, H, W), C >= 2 -> (B, 1, H, W)."""
-    if logits.shape[1] < 2:
-        raise ValueError(f"uncertainty needs at least 2 classes, got {logits.shape[1]}")
-    first = torch.maximum(logits[:, 0], logits[:, 1])
-    second = torch.minimum(logits[:, 0], logits[:, 1])
-    for c in range(2, logits.shape[1]):
-        value = logits[:, c]
-        torch.maximum(second, torch.minimum(first, value), out=second)
-        torch.maximum(first, value, out=first)
-    return (second - first).unsqueeze(1)
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -299,5 +251,4 @@ __all__ = [
     "cpu_has_fast_bf16",
     "prepare_for_inference",
     "retain_freed_memory",
-    "top2_uncertainty",
 ]

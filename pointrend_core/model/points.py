@@ -59,6 +59,22 @@ def uncertainty(logits: Tensor) -> Tensor:
     return top2[:, 1:2] - top2[:, 0:1]
 
 
+def top2_uncertainty(logits: Tensor) -> Tensor:
+    """`points.uncertainty` (second-largest minus largest logit over dim 1), the same values bit for bit:
+    a running (largest, second) pair over the classes, each step an elementwise max/min over the (B, H, W)
+    map. `topk(2, dim=1)` walks the classes with a stride of H*W per pixel; this streams contiguous rows.
+    logits (B, C, H, W), C >= 2 -> (B, 1, H, W)."""
+    if logits.shape[1] < 2:
+        raise ValueError(f"uncertainty needs at least 2 classes, got {logits.shape[1]}")
+    first = torch.maximum(logits[:, 0], logits[:, 1])
+    second = torch.minimum(logits[:, 0], logits[:, 1])
+    for c in range(2, logits.shape[1]):
+        value = logits[:, c]
+        torch.maximum(second, torch.minimum(first, value), out=second)
+        torch.maximum(first, value, out=first)
+    return (second - first).unsqueeze(1)
+
+
 @dataclass
 class TrainingPoints:
     """Points chosen for one training step.
