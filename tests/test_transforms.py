@@ -29,7 +29,7 @@ from pointrend_core.data.transforms import (
     image_array,
     keep_ratio_size,
     normalize,
-    pad_to,
+    normalize_and_pad,
     resize_image,
     resize_mask,
     train_transforms,
@@ -94,7 +94,10 @@ def _resize_cases() -> list[tuple[tuple[int, int], tuple[int, int]]]:
 RESIZE_CASES = _resize_cases()
 
 
-@pytest.mark.parametrize(("source", "size"), RESIZE_CASES, ids=[f"{s[0]}x{s[1]}-{t[0]}x{t[1]}" for s, t in RESIZE_CASES])
+RESIZE_IDS = [f"{s[0]}x{s[1]}-{t[0]}x{t[1]}" for s, t in RESIZE_CASES]
+
+
+@pytest.mark.parametrize(("source", "size"), RESIZE_CASES, ids=RESIZE_IDS)
 def test_resizes_equal_opencv_with_the_reference_flags(source, size) -> None:
     rgb = random_array((*source, 3), seed=source[0] * 1000 + source[1])
     bgr = np.ascontiguousarray(rgb[..., ::-1])  # the reference resizes its BGR array
@@ -105,7 +108,8 @@ def test_resizes_equal_opencv_with_the_reference_flags(source, size) -> None:
     mask[mask > 200] = IGNORE_INDEX
     reference_label = np.where(mask == IGNORE_INDEX, -100, mask).astype(np.float32)
     expected_label = cv2.resize(reference_label, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
-    assert np.array_equal(np.where(resize_mask(mask, size) == IGNORE_INDEX, -100, resize_mask(mask, size)), expected_label)
+    resized = resize_mask(mask, size)
+    assert np.array_equal(np.where(resized == IGNORE_INDEX, -100, resized), expected_label)
 
 
 def test_resize_to_nothing_is_refused() -> None:
@@ -152,15 +156,18 @@ def test_normalize_equals_the_references_opencv_calls(shape) -> None:
         assert torch.equal(out, torch.from_numpy(reference_normalize(np.ascontiguousarray(rgb[..., ::-1]))))
 
 
-@pytest.mark.parametrize(("hw", "size"), [((100, 60), (128, 96)), ((601, 300), (512, 512)), ((7, 1030), (512, 1024))])
-def test_pad_to_equals_the_references_tensor_padding(hw, size) -> None:
-    image = torch.randn(3, *hw)
+@pytest.mark.parametrize(
+    ("hw", "size"), [((100, 60), (128, 96)), ((601, 300), (512, 512)), ((7, 1030), (512, 1024)), ((64, 48), (64, 48))]
+)
+def test_normalize_and_pad_equal_the_references_normalize_then_tensor_padding(hw, size) -> None:
+    rgb = random_array((*hw, 3), seed=hw[0])
     mask = random_array(hw)
     # The reference's Padding (tensor mode): F.pad with (out - in) // 2 before; negative amounts crop.
     top, left = (size[0] - hw[0]) // 2, (size[1] - hw[1]) // 2
     pads = (left, size[1] - hw[1] - left, top, size[0] - hw[0] - top)
-    out_image, out_mask = pad_to(image, mask, size)
-    assert torch.equal(out_image, F.pad(image, pads, value=0.0))
+    out_image, out_mask = normalize_and_pad(rgb, mask, size)
+    expected = torch.from_numpy(reference_normalize(np.ascontiguousarray(rgb[..., ::-1])))
+    assert torch.equal(out_image, F.pad(expected, pads, value=0.0))
     assert torch.equal(out_mask, F.pad(torch.from_numpy(mask).long(), pads, value=IGNORE_INDEX))
     assert centred_span(601, 512) == (45, 0, 512) and centred_span(100, 128) == (0, 14, 100)
 
@@ -207,7 +214,8 @@ def test_each_photometric_op_equals_the_references(shape) -> None:
     for alpha in (0.5, 0.73, 1.0, 1.2345, 1.4999):
         check(PhotometricParams(contrast_first=alpha), reference_convert(bgr, alpha=alpha))
         check(PhotometricParams(contrast_last=alpha), reference_convert(bgr, alpha=alpha))
-        check(PhotometricParams(saturation=alpha), _reference_hsv_edit(bgr, 1, lambda s: reference_convert(s, alpha=alpha)))
+        expected = _reference_hsv_edit(bgr, 1, lambda s: reference_convert(s, alpha=alpha))
+        check(PhotometricParams(saturation=alpha), expected)
     for delta in (-18, -5, 0, 7, 17):
         check(PhotometricParams(hue=delta), _reference_hsv_edit(bgr, 0, lambda h: (h.astype(int) + delta) % 180))
     assert distort(rgb, PhotometricParams()) is rgb
@@ -236,7 +244,8 @@ def test_photometric_ops_clip_truncate_and_hue_quirk() -> None:
     # HSV of the channel-reversed array (reference quirk): +10 hue units turn red towards magenta.
     red = np.array([[[255, 0, 0]]], dtype=np.uint8)
     assert distort(red, PhotometricParams(hue=10)).ravel().tolist() == [255, 0, 85]
-    assert convert_table(beta=-0.5)[:2].tolist() == [0, 0] and hue_table(-18)[[0, 17, 18, 179]].tolist() == [162, 179, 0, 161]
+    assert convert_table(beta=-0.5)[:2].tolist() == [0, 0]
+    assert hue_table(-18)[[0, 17, 18, 179]].tolist() == [162, 179, 0, 161]
     with pytest.raises(ValueError, match=r"expects a uint8 \(H, W, 3\) image, got float32 \(1, 1, 3\)"):
         distort(image.astype(np.float32), PhotometricParams())
 

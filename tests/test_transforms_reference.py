@@ -55,7 +55,8 @@ def ref_random_crop(image: np.ndarray, label: np.ndarray, crop_size, ratio: floa
         h_ori, w_ori = image.shape[:2]
         h_out, w_out = min(crop_size[0], h_ori), min(crop_size[1], w_ori)
         top, left = _randint(0, h_ori - h_out + 1), _randint(0, w_ori - w_out + 1)
-        image_crop, label_crop = image[top : top + h_out, left : left + w_out], label[top : top + h_out, left : left + w_out]
+        image_crop = image[top : top + h_out, left : left + w_out]
+        label_crop = label[top : top + h_out, left : left + w_out]
         labels, counts = np.unique(label_crop, return_counts=True)
         counts = counts[labels != -100]
         if len(counts) > 1 and np.max(counts) / np.sum(counts) < ratio:

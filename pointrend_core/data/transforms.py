@@ -10,8 +10,9 @@ uses, so the pixels are the reference's own:
 * photometric distortion: `photometric.py` (the reference's float32 casts, clips, truncations and its
   cv2 HSV conversions on the channel-reversed array);
 * normalisation: the reference's `cv2.subtract(image, mean)` then `cv2.multiply(image, 1 / std)` on float32,
-  tabulated once for the 256 values of each channel and applied with `cv2.LUT` (the same numbers: each
-  output depends on one uint8 value; about 1 ulp apart from torch's (x - mean) / std on a quarter of them).
+  tabulated once for the 256 values of each channel and applied per plane with `cv2.LUT` straight into the
+  (3, h, w) output (the same numbers, as each output depends on one uint8 value; torch's (x - mean) / std
+  is 1 ulp off on about a quarter of them).
 
 Train, in order: `RandomRescale` -> `CatMaxRatioCrop` -> horizontal flip (p 0.5) -> `PhotoMetricDistortion`
 -> normalise -> centred pad (or crop, see below) to crop_size -> (image float32 (3, h, w), mask int64 (h, w)).
@@ -70,22 +71,33 @@ def mask_array(mask: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(mask.as_subclass(torch.Tensor).numpy())
 
 
-def _normalize_table() -> np.ndarray:
-    """float32 (1, 256, 3): channel c of entry v is what the reference's Normalize makes of value v in
-    channel c (its cv2 calls, run on the 256 values; RGB order, as after its BGR2RGB)."""
-    values = np.repeat(np.arange(256, dtype=np.float32)[None, :, None], 3, axis=2)
+def _normalize_tables() -> tuple[np.ndarray, ...]:
+    """Three float32 (1, 256) tables, R, G, B: entry v of table c is what the reference's Normalize makes of
+    value v in channel c (its own cv2 calls, run on the 256 values; RGB order, as after its BGR2RGB)."""
+    values = np.repeat(np.arange(256, dtype=np.float32)[None, :, None], 3, axis=2)  # (1, 256, 3)
     cv2.subtract(values, np.float64(np.array(MEAN).reshape(1, -1)), values)
     cv2.multiply(values, 1 / np.float64(np.array(STD).reshape(1, -1)), values)
-    return values
+    return tuple(np.ascontiguousarray(values[:, :, c]) for c in range(3))
 
 
-_NORMALIZE = _normalize_table()
+_NORMALIZE = _normalize_tables()
+
+
+def _normalize_into(image: np.ndarray, out: np.ndarray) -> None:
+    """Write the normalised planes of uint8 (h, w, 3) RGB into float32 (3, h, w) `out` (may be a window of a
+    larger array): one table look-up per value, straight into the planar layout the network takes."""
+    for plane, table, dst in zip(cv2.split(image), _NORMALIZE, out):
+        result = cv2.LUT(plane, table, dst=dst)
+        if result is not dst:  # OpenCV could not write into the view (it always can for these layouts)
+            dst[...] = result
 
 
 def normalize(image: np.ndarray) -> torch.Tensor:
     """uint8 (h, w, 3) RGB -> float32 (3, h, w) contiguous tensor, (v - mean) / std as the reference
     computes it."""
-    return torch.from_numpy(cv2.LUT(image, _NORMALIZE)).permute(2, 0, 1).contiguous()
+    out = np.empty((3, *image.shape[:2]), dtype=np.float32)
+    _normalize_into(image, out)
+    return torch.from_numpy(out)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -191,18 +203,18 @@ def centred_span(length: int, out_length: int) -> tuple[int, int, int]:
     return (0, before, length) if before >= 0 else (-before, 0, out_length)
 
 
-def pad_to(image: torch.Tensor, mask: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centre normalised float (3, h, w) and uint8 mask (h, w) in `size` (H, W) (recipe §5.1, step 6): image
-    padded with 0, mask with IGNORE_INDEX, larger sides centre-cropped (`centred_span`) -> (float32 (3, H, W),
-    int64 (H, W))."""
-    if mask.shape == tuple(size):
-        return image, torch.from_numpy(mask).to(torch.int64)
+def normalize_and_pad(image: np.ndarray, mask: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalise uint8 (h, w, 3) RGB and centre it with its uint8 mask (h, w) in `size` (H, W) (recipe §5.1,
+    steps 5 and 6): the image padded with 0 after normalisation, the mask with IGNORE_INDEX, larger sides
+    centre-cropped (`centred_span`) -> (float32 (3, H, W), int64 (H, W)). Only the kept pixels are normalised,
+    which gives the same values as normalising first."""
     (ys, yo, hh), (xs, xo, ww) = centred_span(mask.shape[0], size[0]), centred_span(mask.shape[1], size[1])
-    out_image = image.new_zeros(3, *size)
-    out_image[:, yo : yo + hh, xo : xo + ww] = image[:, ys : ys + hh, xs : xs + ww]
+    padded = (hh, ww) != tuple(size)
+    out_image = (np.zeros if padded else np.empty)((3, *size), dtype=np.float32)
+    _normalize_into(image[ys : ys + hh, xs : xs + ww], out_image[:, yo : yo + hh, xo : xo + ww])
     out_mask = torch.full(size, IGNORE_INDEX, dtype=torch.int64)
     out_mask[yo : yo + hh, xo : xo + ww] = torch.from_numpy(mask[ys : ys + hh, xs : xs + ww])
-    return out_image, out_mask
+    return torch.from_numpy(out_image), out_mask
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -247,13 +259,13 @@ class TrainTransforms:
         size = self.rescale.draw_size(labels.shape)
         pixels, labels = resize_image(pixels, size), resize_mask(labels, size)
         window = self.crop.draw(labels)
-        if window is not None:  # None: the reference's uncropped fallback, centre-cropped by `pad_to`
+        if window is not None:  # None: the reference's uncropped fallback, centre-cropped by `normalize_and_pad`
             top, left, h, w = window
             pixels, labels = pixels[top : top + h, left : left + w], labels[top : top + h, left : left + w]
         if float(torch.rand(1)) < 0.5:  # the flip draw of torchvision's RandomHorizontalFlip, as before
             pixels, labels = cv2.flip(pixels, 1), np.ascontiguousarray(labels[:, ::-1])
         pixels = self.distort(pixels, self.distort.draw())
-        return pad_to(normalize(pixels), labels, self.crop_size)
+        return normalize_and_pad(pixels, labels, self.crop_size)
 
     def __repr__(self) -> str:
         return f"TrainTransforms({self.rescale}, {self.crop}, flip p=0.5, {self.distort}, pad to {self.crop_size})"
@@ -307,7 +319,7 @@ __all__ = [
     "CatMaxRatioCrop",
     "crop_is_acceptable",
     "centred_span",
-    "pad_to",
+    "normalize_and_pad",
     "TrainTransforms",
     "EvalTransforms",
     "train_transforms",
