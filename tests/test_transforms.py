@@ -281,6 +281,10 @@ def test_crop_is_acceptable() -> None:
     assert crop_is_acceptable(mask, 0.75)
     mask[:2, 2:] = 1
     assert not crop_is_acceptable(mask, 0.75)  # 7 / 8
+    big = np.zeros((4096, 4097), dtype=np.uint8)  # over 2^24 pixels: counted without OpenCV's float32 histogram
+    big[:, : 4097 // 4 + 1] = 1
+    assert crop_is_acceptable(big, 0.75)  # class 0 on 3072 of 4097 columns: under 75 %
+    assert not crop_is_acceptable(big[:, 1:], 0.75)  # 3072 of 4096: 75 %, not under
 
 
 def test_crop_cap_retries_until_acceptable() -> None:

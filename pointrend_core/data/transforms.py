@@ -162,7 +162,10 @@ class RandomRescale:
 def crop_is_acceptable(mask: np.ndarray, cat_max_ratio: float, ignore_index: int = IGNORE_INDEX) -> bool:
     """The reference's crop test on a uint8 mask (h, w): more than one non-ignored label value, and the most
     frequent one covers less than `cat_max_ratio` of the non-ignored pixels."""
-    counts = np.bincount(mask.reshape(-1), minlength=256)
+    if mask.size < 2**24:  # OpenCV's histogram (3x faster than bincount) counts in float32: exact below 2^24
+        counts = cv2.calcHist([mask], [0], None, [256], [0, 256]).ravel().astype(np.int64)
+    else:
+        counts = np.bincount(mask.reshape(-1), minlength=256)
     counts[ignore_index] = 0
     return int(np.count_nonzero(counts)) > 1 and int(counts.max()) < cat_max_ratio * int(counts.sum())
 
