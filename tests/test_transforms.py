@@ -389,3 +389,23 @@ def test_denormalize_inverts_normalize() -> None:
     batch = denormalize(normalized[None])
     assert batch.shape == (1, 3, 60, 80) and batch.dtype == torch.uint8
     assert torch.allclose(torch.tensor(STD), torch.tensor([58.395, 57.12, 57.375]))
+
+
+class _ThreadsSeen(torch.utils.data.Dataset):
+    """Runs the test transform and reports OpenCV's thread count before and after (in whichever process)."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int) -> tuple[int, int]:
+        before = cv2.getNumThreads()
+        image, mask = sample(8, 8)
+        eval_transforms(DEMO.data)(image, mask)
+        return before, cv2.getNumThreads()
+
+
+def test_opencv_runs_single_threaded_in_loader_workers_only() -> None:
+    main_threads = cv2.getNumThreads()
+    seen = list(torch.utils.data.DataLoader(_ThreadsSeen(), batch_size=None, num_workers=1))
+    assert [after for _, after in seen] == [1, 1]  # the workers' own pool is off from the first sample on
+    assert _ThreadsSeen()[0] == (main_threads, main_threads)  # the main process keeps OpenCV's default
