@@ -25,9 +25,10 @@ trainer seeds per sample).
 
 When the last of the 10 crop tries holds no valid pixel the reference keeps the sample uncropped, and its
 padding step then centre-crops it (negative pads); so does this pipeline, in the same place (after the flip
-and the distortion), so even that rare case gives the reference's pixels. The one deliberate difference
-(`docs/reference-recipe.md` §10): the output is always `crop_size`, where the reference swaps it for images
-whose orientation disagrees with the crop (never the case for the six rows).
+and the distortion), so even that rare case gives the reference's pixels. Deliberate differences
+(`docs/reference-recipe.md` §10): the training output is always `crop_size`, where the reference swaps it
+for images whose orientation disagrees with the crop (never the case for the six rows); images one pixel
+wide are normalised, where the reference's in-place OpenCV calls leave them as they are.
 """
 
 from __future__ import annotations
