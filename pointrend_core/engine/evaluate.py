@@ -83,7 +83,12 @@ def _rescale(image: Tensor, scale: float) -> Tensor:
 
     The output size is floor(scale * size) and the bilinear sampling uses `scale` itself, not output/input
     size: at 301 x 423 and scale 0.75 that is 225 x 317 sampled at 1 / 0.75, where rounding the size would
-    give 226 x 317 and another grid (recipe §8). Scale 1 leaves the image untouched.
+    give 226 x 317 and another grid (recipe §8). Scale 1 leaves the image untouched (the reference's
+    interpolation at scale 1 is the identity).
+
+    This is not an OpenCV resize on purpose: the reference rescales the normalised float tensor with
+    `F.interpolate` in its test-time augmentation, after its data pipeline's uint8 `cv2.resize` to base_size
+    (`data.transforms.EvalTransforms`), so torch's kernel is what gives its numbers.
     """
     if scale == 1.0:
         return image
