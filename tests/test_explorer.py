@@ -263,6 +263,24 @@ def test_scores_are_the_meters_of_one_image() -> None:
     assert scores == ex.Scores(confusion.compute().mIoU, boundary.compute().mIoU)
 
 
+def test_a_run_trained_but_not_evaluated_opens_from_its_train_json(run, tmp_path) -> None:
+    """No run.json: the row and its recorded settings come from train.json, the weights from the final
+    checkpoint, the images from the recorded data root's validation split."""
+    import shutil
+
+    from pointrend_core.engine.records import TrainRecord, config_json
+
+    trained = replace(TINY, data=replace(TINY.data, default_root=str(run["data"])))
+    shutil.copy(run["checkpoint"], tmp_path / "checkpoint_final.pth")
+    TrainRecord(row="demo", config=config_json(trained), iterations=2).write(tmp_path / "train.json")
+    state = ex.Explorer.open(tmp_path)
+    assert state.row.model == TINY.model and len(state.dataset) == 2 and state.dataset.root == run["data"]
+    assert torch.equal(state.model.decoder[1].weight, tiny_model().decoder[1].weight)
+    (tmp_path / "train.json").unlink()
+    with pytest.raises(FileNotFoundError, match="holds neither run.json nor train.json: not a run folder"):
+        ex.Explorer.open(tmp_path)
+
+
 def test_row_of_run_names_rows_it_cannot_rebuild(run, tmp_path) -> None:
     record = json.loads((run["run"] / "run.json").read_text())
     record["row"] = "demo_shapes"

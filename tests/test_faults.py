@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -260,3 +261,28 @@ def test_option_names_are_one_from_the_cli_down() -> None:
                                       "--init-checkpoint", "b.pth"])
     assert (args.amp, str(args.checkpoint), str(args.init_checkpoint)) == ("fp32", "a.pth", "b.pth")
     assert {"checkpoint", "init_checkpoint", "amp"} <= set(TrainOptions.__dataclass_fields__)
+
+
+def test_resume_falls_back_to_the_previous_checkpoint_when_the_last_is_damaged(shapes: Path, tmp_path: Path,
+                                                                            capsys) -> None:
+    out = tmp_path / "run"
+    args = _train_args(shapes, out, "--checkpoint-every", "1")
+    assert main(args) == 0
+    folder = RunFolder(out)
+    assert not folder.previous_checkpoint.exists()  # a finished run keeps no fallback
+    # An unfinished run as a kill leaves it: the checkpoint before the last kept, the last one damaged.
+    shutil.copy(folder.last_checkpoint, folder.previous_checkpoint)
+    data = folder.last_checkpoint.read_bytes()
+    folder.last_checkpoint.write_bytes(data[: len(data) // 2])
+    for path in (folder.final_checkpoint, folder.train_record):
+        path.unlink()
+    capsys.readouterr()
+    assert main([*args, "--max-iters", "3", "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert f"resume: checkpoint_last.pth: {folder.last_checkpoint} is not a readable PyTorch checkpoint" in err
+    assert f"continuing from {folder.previous_checkpoint} (iteration 2)" in err
+    assert json.loads(folder.train_record.read_text())["iterations"] == 3
+    # Nothing left to fall back to: refused with what to do.
+    folder.last_checkpoint.write_bytes(b"PK\x03\x04 damaged")
+    assert main([*args, "--max-iters", "4", "--resume"]) == 1
+    assert f"error: no checkpoint of {out} can be resumed from (checkpoint_last.pth: " in capsys.readouterr().err

@@ -4,6 +4,7 @@ training record belongs to which checkpoint, and which evaluation record is whic
 A run folder holds (every name is spelled here and nowhere else):
 
     checkpoint_last.pth    TrainState, rewritten every checkpoint_every steps (engine.state)
+    checkpoint_previous.pth the one before it, kept until the run finishes: --resume falls back to it
     checkpoint_final.pth   a copy of the last state, once the run finished
     metrics.jsonl          the training log (engine.train_log.LogLine)
     progress.json          the latest step, for progress bars (engine.progress)
@@ -92,6 +93,7 @@ class RunFolder:
     LOCK = ".lock"
     LAST_CHECKPOINT = "checkpoint_last.pth"
     FINAL_CHECKPOINT = "checkpoint_final.pth"
+    PREVIOUS_CHECKPOINT = "checkpoint_previous.pth"
     METRICS = "metrics.jsonl"
     PROGRESS = "progress.json"
     TRAIN = "train.json"
@@ -103,7 +105,7 @@ class RunFolder:
     EVALUATIONS = "evaluations"
     EXECUTED_NOTEBOOKS = ("train_evaluate.ipynb", "point_selection.ipynb")
 
-    RECORDS = (LAST_CHECKPOINT, FINAL_CHECKPOINT, TRAIN, RUN, METRICS, IMAGE_COUNTS)
+    RECORDS = (LAST_CHECKPOINT, FINAL_CHECKPOINT, TRAIN, RUN, METRICS, IMAGE_COUNTS, PREVIOUS_CHECKPOINT)
     """Files that make a folder hold an earlier run (a fresh run refuses it without --overwrite)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -125,6 +127,20 @@ class RunFolder:
     @property
     def final_checkpoint(self) -> Path:
         return self.path / self.FINAL_CHECKPOINT
+
+    @property
+    def previous_checkpoint(self) -> Path:
+        return self.path / self.PREVIOUS_CHECKPOINT
+
+    def keep_previous_checkpoint(self) -> None:
+        """Before a new checkpoint_last.pth is written: the current one becomes checkpoint_previous.pth, so
+        that a damaged last checkpoint never costs the whole run."""
+        if self.last_checkpoint.is_file():
+            os.replace(self.last_checkpoint, self.previous_checkpoint)
+
+    def checkpoints_to_resume(self) -> list[Path]:
+        """The checkpoints `--resume` may continue from, newest first."""
+        return [p for p in (self.last_checkpoint, self.previous_checkpoint) if p.is_file()]
 
     @property
     def metrics_log(self) -> Path:

@@ -39,7 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from pointrend_core.checkpoints import load_backbone, load_checkpoint, load_for_finetuning
+from pointrend_core.checkpoints import CheckpointError, load_backbone, load_checkpoint, load_for_finetuning
 from pointrend_core.config import RowConfig
 from pointrend_core.data.loading import (
     EpochSampler,
@@ -191,6 +191,7 @@ def _train(
     # The final checkpoint, the summary, the evaluation
     if processes.is_main:
         atomic_copy(run.folder.last_checkpoint, run.folder.final_checkpoint)
+        run.folder.previous_checkpoint.unlink(missing_ok=True)  # the run is complete: no fallback needed
         _summary(run, time.perf_counter() - session_start, start_iteration).write(folder.train_record)
     if processes.world_size > 1:
         dist.barrier()  # the final checkpoint exists for every process before anyone evaluates it
@@ -267,14 +268,25 @@ def _per_process_batch(row: RowConfig, processes: Processes) -> int:
 def _state_to_resume(
     folder: RunFolder, row: RowConfig, options: TrainOptions, processes: Processes, per_process_batch: int
 ) -> TrainState | None:
-    """The content of the folder's checkpoint_last.pth when resuming (None for a fresh start)."""
-    path = folder.last_checkpoint
+    """The content of the folder's checkpoint_last.pth when resuming, or of checkpoint_previous.pth when the
+    last one is damaged or missing (None for a fresh start)."""
     if not options.resume:
         return None
-    if not path.exists():
-        _log(processes, f"resume: no {path}, starting a new run")
+    damaged = []
+    for path in folder.checkpoints_to_resume():
+        try:
+            state = TrainState.read(path)
+            break
+        except CheckpointError as error:
+            damaged.append(f"{path.name}: {str(error).split(';')[0]}")
+    else:
+        if damaged:
+            raise ValueError(f"no checkpoint of {folder.path} can be resumed from ({'; '.join(damaged)}); "
+                             "start afresh with --overwrite")
+        _log(processes, f"resume: no {folder.last_checkpoint}, starting a new run")
         return None
-    state = TrainState.read(path)
+    if damaged:
+        _log(processes, f"resume: {damaged[0]}; continuing from {path} (iteration {int(state.iteration)})")
     state.check_resumable(path, row.name, processes.world_size, per_process_batch)
     if options.max_iters is not None and options.max_iters < int(state.iteration):
         raise ValueError(f"--max-iters {options.max_iters} is below the {int(state.iteration)} iterations {path} has "
@@ -360,6 +372,7 @@ def _save_last(
     rng_cpu, rng_cuda = gather_rng_states(run.processes)
     if not run.processes.is_main:
         return
+    run.folder.keep_previous_checkpoint()
     TrainState(
         model=unwrap(model).state_dict(),
         optimizer=optimizer.state_dict(),
