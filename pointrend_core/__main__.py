@@ -20,12 +20,11 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-
-import torch
 from contextlib import nullcontext
-from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
+
+import torch
 
 from pointrend_core.checks import non_negative_int, positive_int
 from pointrend_core.config import DATASETS, RowConfig, default_run_dir, get_row, on_dataset
@@ -34,11 +33,12 @@ from pointrend_core.data.validate import check_dataset_report
 from pointrend_core.data.voc_aug import prepare_voc_aug
 from pointrend_core.engine.distributed import launched_rank, start_processes, stop_processes
 from pointrend_core.engine.evaluate import default_evaluation_folder, evaluate_run
+from pointrend_core.engine.precision import AMP_DTYPES, OLD_SPELLINGS
 from pointrend_core.engine.run_folder import RunFolder
 from pointrend_core.engine.train import NonFiniteLossError, TrainingInterrupted, TrainOptions, train
-from pointrend_core.engine.precision import AMP_DTYPES, OLD_SPELLINGS
 from pointrend_core.interrupts import exit_code, signal_name, signals_raise_stopped
 from pointrend_core.model.inference import PRECISION_DTYPES, check_precision, retain_freed_memory
+from pointrend_core.overrides import apply_overrides
 
 
 def _precision(text: str) -> str:
@@ -128,19 +128,24 @@ def _row_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run the row's recipe on this dataset (default: the row's own); the classes come from "
                              "the dataset (classes.txt for a folder) and the heads are sized to them")
     parser.add_argument("--data-root", type=Path, help="dataset root (default: the row's default_root)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", dest="overrides",
+                        help="change a field of the row's model, data, schedule or eval section, e.g. "
+                             "data.crop_size=384,384 or schedule.lr=0.005 (repeatable; docs/own-data.md)")
 
 
 def resolve_row(parser: argparse.ArgumentParser, args: argparse.Namespace) -> RowConfig:
-    """The named row with the command line's overrides (--batch-size, --crop) applied by `replace`."""
+    """The named row on its dataset, with the command line's overrides: the shortcuts (--batch-size N,
+    --crop H W) first, then every --set in order."""
     try:
         row = get_row(args.config)
     except KeyError as error:
         parser.error(str(error.args[0]))
+    shortcuts = []
     if getattr(args, "batch_size", None) is not None:
-        row = replace(row, schedule=replace(row.schedule, batch_size=args.batch_size))
+        shortcuts.append(f"schedule.batch_size={args.batch_size}")
     if getattr(args, "crop", None) is not None:
-        row = replace(row, data=replace(row.data, crop_size=tuple(args.crop)))
-    return on_dataset(row, args.dataset, args.data_root)
+        shortcuts.append(f"data.crop_size={args.crop[0]},{args.crop[1]}")
+    return apply_overrides(on_dataset(row, args.dataset, args.data_root), [*shortcuts, *args.overrides])
 
 
 def run_train(row: RowConfig, args: argparse.Namespace) -> int:

@@ -46,6 +46,17 @@ class ModelConfig:
     aux_loss_weight: float = 0.4
     point_loss_weight: float = 1.0
 
+    def __post_init__(self) -> None:
+        _check(self.depth in (18, 34, 50, 101), "model.depth", self.depth, "18, 34, 50 or 101")
+        _check(self.output_stride in (8, 16, 32), "model.output_stride", self.output_stride, "8, 16 or 32")
+        for name in ("fpn_channels", "scale_head_channels", "point_head_channels", "num_point_fcs",
+                     "train_num_points", "subdivision_num_points"):
+            _check(getattr(self, name) >= 1, f"model.{name}", getattr(self, name), "a positive integer")
+        _check(self.subdivision_steps >= 0, "model.subdivision_steps", self.subdivision_steps, "an integer >= 0")
+        _check(self.oversample_ratio >= 1, "model.oversample_ratio", self.oversample_ratio, "a number >= 1")
+        _check(0 <= self.importance_sample_ratio <= 1, "model.importance_sample_ratio", self.importance_sample_ratio,
+               "a number in [0, 1]")
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -62,6 +73,14 @@ class DataConfig:
     scale_range: tuple[float, float] = (0.5, 2.0)
     cat_max_ratio: float = 0.75
     """A training crop is retried (up to 10 times) while one class covers this fraction of it or more."""
+
+    def __post_init__(self) -> None:
+        for name in ("crop_size", "base_size"):
+            value = getattr(self, name)
+            _check(len(value) == 2 and min(value) >= 1, f"data.{name}", value, "two positive integers")
+        low, high = self.scale_range
+        _check(0 < low <= high, "data.scale_range", self.scale_range, "two numbers 0 < low <= high")
+        _check(0 < self.cat_max_ratio <= 1, "data.cat_max_ratio", self.cat_max_ratio, "a number in (0, 1]")
 
     def resolve_root(self, data_root: str | os.PathLike | None) -> Path:
         """`data_root`, or `default_root` when it is None: the one place where the default applies."""
@@ -83,6 +102,14 @@ class ScheduleConfig:
     eval_every_epochs: int = 10
     workers_per_process: int = 2
 
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "epochs", "eval_every_epochs"):
+            _check(getattr(self, name) >= 1, f"schedule.{name}", getattr(self, name), "a positive integer")
+        for name in ("lr", "poly_power"):
+            _check(getattr(self, name) > 0, f"schedule.{name}", getattr(self, name), "a positive number")
+        for name in ("momentum", "weight_decay", "min_lr", "warmup_iters", "warmup_ratio", "workers_per_process"):
+            _check(getattr(self, name) >= 0, f"schedule.{name}", getattr(self, name), "a number >= 0")
+
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -94,6 +121,17 @@ class EvalConfig:
     flip: bool = False
     boundary_dilation_ratio: float = 0.02
     """Boundary IoU band width d as a fraction of the image diagonal (Cheng et al. 2021)."""
+
+    def __post_init__(self) -> None:
+        _check(self.mode in ("whole", "slide"), "eval.mode", self.mode, "'whole' or 'slide'")
+        _check(len(self.scales) >= 1 and min(self.scales) > 0, "eval.scales", self.scales, "positive numbers")
+        if self.mode == "slide":
+            for name in ("slide_crop", "slide_stride"):
+                value = getattr(self, name)
+                _check(value is not None and len(value) == 2 and min(value) >= 1, f"eval.{name}", value,
+                       "two positive integers (mode 'slide')")
+        _check(0 < self.boundary_dilation_ratio < 1, "eval.boundary_dilation_ratio", self.boundary_dilation_ratio,
+               "a number in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -111,6 +149,9 @@ class RowConfig:
     """File name of the ImageNet ResNet-v1c weights the recipe starts from (supplied by the user)."""
     recipe: str | None = None
     """For a row made by `on_dataset`: the table row whose recipe it runs on another dataset (None: a table row)."""
+    overrides: tuple[str, ...] = ()
+    """`section.field=value` changes of the recipe (`overrides.apply_overrides`); a row with any is not the
+    published row."""
 
     def __post_init__(self) -> None:
         classes = getattr(self.data.dataset, "CLASSES", None)
@@ -119,6 +160,11 @@ class RowConfig:
                 f"row {self.name!r}: model has {self.model.num_classes} classes but "
                 f"{self.data.dataset.__name__} has {len(classes)}"
             )
+
+
+def _check(ok: bool, name: str, value: object, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
 
 
 def _voc_data() -> DataConfig:
@@ -272,8 +318,13 @@ RUNS_DIR = Path("runs")
 
 
 def default_run_dir(row: RowConfig) -> Path:
-    """`runs/<row name>`, the folder of a row's run when none is given."""
-    return RUNS_DIR / row.name
+    """`runs/<row name>`, the folder of a row's run when none is given; a row with overrides gets
+    `runs/<row name>+<6 hex digits of its overrides>`, so that it never shares the published row's folder."""
+    if not row.overrides:
+        return RUNS_DIR / row.name
+    import hashlib
+
+    return RUNS_DIR / f"{row.name}+{hashlib.sha1(chr(10).join(row.overrides).encode()).hexdigest()[:6]}"
 
 
 def get_row(name: str) -> RowConfig:

@@ -433,11 +433,15 @@ def test_configure_row_overrides() -> None:
     row = training.configure_row("pointrend_r50_cityscapes", crop_size=[64, 128], base_size=(128, 64), batch_size=2)
     assert row.data.crop_size == (64, 128) and row.data.base_size == (128, 64) and row.schedule.batch_size == 2
     assert row.model == ROWS["pointrend_r50_cityscapes"].model
+    assert row.overrides == ("data.crop_size=64,128", "data.base_size=128,64", "schedule.batch_size=2")
     assert training.configure_row("demo") == ROWS["demo"]
-    with pytest.raises(ValueError, match="crop_size must be two positive integers, got \\[64\\]"):
+    with pytest.raises(ValueError, match="data.crop_size takes 2 comma-separated integers; got 1 value"):
         training.configure_row("demo", crop_size=[64])
-    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match="schedule.batch_size must be a positive integer, got 0"):
         training.configure_row("demo", batch_size=0)
+    row = training.configure_row("demo", base_size=(64, 64), overrides=["schedule.lr=0.02", "data.base_size=96,96"])
+    assert row.data.base_size == (96, 96) and row.schedule.lr == 0.02  # the later override of a field wins
+    assert row.overrides == ("schedule.lr=0.02", "data.base_size=96,96")
 
 
 def test_distributed_command() -> None:
@@ -450,16 +454,17 @@ def test_distributed_command() -> None:
     assert command[:6] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m"]
     assert command[6:] == [
         "pointrend_core", "train", "--config", "pointrend_r50_voc", "--out-dir", "/runs/r50", "--seed", "3",
-        "--device", "cuda", "--no-progress", "--data-root", "/data/voc", "--max-iters", "10", "--batch-size", "8",
-        "--crop", "256", "256",
+        "--device", "cuda", "--no-progress", "--data-root", "/data/voc", "--max-iters", "10",
+        "--set", "data.crop_size=256,256", "--set", "schedule.batch_size=8",
     ]
-    from pointrend_core.__main__ import build_parser
+    from pointrend_core.__main__ import build_parser, resolve_row
 
-    args = build_parser().parse_args(command[command.index("train"):])  # the CLI accepts every flag
-    assert args.crop == [256, 256] and args.batch_size == 8 and args.max_iters == 10
-    with pytest.raises(ValueError, match="overrides the training CLI cannot take"):
-        training.distributed_command(training.configure_row("demo", base_size=(64, 64)), None, "/r", 2,
-                                   max_iters=None, seed=0, device="cpu")
+    parser = build_parser()
+    args = parser.parse_args(command[command.index("train"):])  # the CLI accepts every flag
+    assert resolve_row(parser, args) == row and args.max_iters == 10  # and rebuilds the same row
+    other = training.configure_row("demo", base_size=(64, 64))  # any override passes on now
+    assert training.distributed_command(other, None, "/r", 2, max_iters=None, seed=0, device="cpu")[-2:] == [
+        "--set", "data.base_size=64,64"]
 
 
 def test_project_dir(tmp_path: Path) -> None:

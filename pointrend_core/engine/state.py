@@ -72,6 +72,9 @@ class TrainState:
     """Training wall time of all sessions so far."""
     last_record: dict[str, Any] | None
     """The last metrics.jsonl training record (carried into train.json after a resume)."""
+    recipe: dict[str, Any] | None = None
+    """The row's model, data and schedule sections as trained (`records.config_json`), overrides included;
+    None in checkpoints of earlier versions."""
 
     @property
     def position(self) -> Position:
@@ -88,22 +91,58 @@ class TrainState:
         which holds weights only: it is for --checkpoint / --init-checkpoint, not for resuming)."""
         content = read_checkpoint(path)
         names = [f.name for f in dataclasses.fields(cls)]
-        missing = sorted(set(names) - set(content))
+        optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        missing = sorted(set(names) - set(content) - optional)
         if missing:
             raise ValueError(f"{path} is not a training checkpoint of this trainer (missing {missing}); "
                              "use it as --checkpoint (initial weights) instead of resuming")
-        return cls(**{name: content[name] for name in names})
+        return cls(**{name: content[name] for name in names if name in content})
 
-    def check_resumable(self, path: str | os.PathLike, row: str, world_size: int, per_process_batch: int) -> None:
-        """Refuse a state that cannot continue this run exactly (another row, process count or batch)."""
+    def check_resumable(
+        self, path: str | os.PathLike, row: str, world_size: int, per_process_batch: int,
+        recipe: dict[str, Any] | None = None,
+    ) -> None:
+        """Refuse a state that cannot continue this run exactly: another row, process count or batch, or
+        (given `recipe`, the row's config as `records.config_json` writes it) another training recipe."""
         if self.row != row:
             raise ValueError(f"{path} was written for row {self.row!r}, not {row!r}")
+        changed = recipe_changes(self.recipe, recipe) if self.recipe is not None and recipe is not None else []
+        if changed:
+            raise ValueError(
+                f"--resume: {path} was trained with "
+                + "; ".join(f"{name}={_text(old)} (not {_text(new)})" for name, old, new in changed)
+                + ". Drop the override that changes it (or --set it to the run's value), or start a new run "
+                "(--overwrite, or another --out)")
         if int(self.world_size) != world_size or int(self.per_process_batch) != per_process_batch:
             raise ValueError(
                 f"{path} was written by {self.world_size} processes x batch {self.per_process_batch}; "
                 f"this run has {world_size} x {per_process_batch}. Resume with the same process count and "
                 "batch size (the data order depends on them)"
             )
+
+
+UNCHECKED_ON_RESUME = {("data", "default_root"), ("data", "dataset"), ("data", "val_split"),
+                      ("schedule", "eval_every_epochs"), ("schedule", "workers_per_process")}
+"""Recipe fields a resumed run may change: where the data lives, and what does not change the training."""
+
+
+def _text(value: Any) -> str:
+    """A recipe value as --set writes it (tuples comma-separated)."""
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def recipe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(section.field, old value, new value) for every training field of the recipe that differs."""
+    changes = []
+    for section in ("model", "data", "schedule"):
+        before, after = old.get(section) or {}, new.get(section) or {}
+        for name in sorted(set(before) | set(after)):
+            if (section, name) in UNCHECKED_ON_RESUME:
+                continue
+            a, b = before.get(name), after.get(name)
+            if (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
+                changes.append((f"{section}.{name}", a, b))
+    return changes
 
 
 def gather_rng_states(processes: Processes) -> tuple[list[Tensor], list[Tensor] | None]:

@@ -59,6 +59,7 @@ from pointrend_core.engine.records import TrainRecord, config_json, environment
 from pointrend_core.engine.run_folder import RunFolder
 from pointrend_core.engine.schedule import iters_per_epoch, poly_lr
 from pointrend_core.engine.state import Position, TrainState, gather_rng_states, restore_rng_states
+from pointrend_core.engine.tensorboard_log import TrainingBoard
 from pointrend_core.engine.train_options import TrainOptions
 from pointrend_core.engine.train_step import NonFiniteLossError, train_step
 from pointrend_core.engine.train_log import LogLine, append_line, keep_lines_up_to, window_line
@@ -116,6 +117,8 @@ class _Run:
     position: Position = dataclasses.field(default_factory=Position)
     wall_before: float = 0.0
     """Wall seconds of earlier sessions (before a resume)."""
+    board: TrainingBoard | None = None
+    """TensorBoard events (rank 0 writes; the other ranks' board is disabled)."""
     last_line: LogLine | None = None
     """The latest training window logged (carried in the checkpoint, so train.json has it after a resume)."""
     synced_layers: int = 0
@@ -178,25 +181,26 @@ def _train(
 
     # Steps
     start_iteration, session_start = run.position.iteration, time.perf_counter()
-    try:
-        _loop(run, model, optimizer, scaler, loader, sampler, session_start)
-    except Exception as error:
-        message = worker_error_message(error)
-        if message is None:
-            raise
-        raise type(error)(message) from None  # what the worker said, as with workers=0
-    finally:
-        stop_workers(loader)
+    with TrainingBoard(folder, start_iteration, enabled=processes.is_main) as run.board:
+        try:
+            _loop(run, model, optimizer, scaler, loader, sampler, session_start)
+        except Exception as error:
+            message = worker_error_message(error)
+            if message is None:
+                raise
+            raise type(error)(message) from None  # what the worker said, as with workers=0
+        finally:
+            stop_workers(loader)
 
-    # The final checkpoint, the summary, the evaluation
-    if processes.is_main:
-        atomic_copy(run.folder.last_checkpoint, run.folder.final_checkpoint)
-        run.folder.previous_checkpoint.unlink(missing_ok=True)  # the run is complete: no fallback needed
-        _summary(run, time.perf_counter() - session_start, start_iteration).write(folder.train_record)
-    if processes.world_size > 1:
-        dist.barrier()  # the final checkpoint exists for every process before anyone evaluates it
-    if options.evaluate:
-        _evaluate(run, folder, run.folder.final_checkpoint, model)
+        # The final checkpoint, the summary, the evaluation
+        if processes.is_main:
+            atomic_copy(run.folder.last_checkpoint, run.folder.final_checkpoint)
+            run.folder.previous_checkpoint.unlink(missing_ok=True)  # the run is complete: no fallback needed
+            _summary(run, time.perf_counter() - session_start, start_iteration).write(folder.train_record)
+        if processes.world_size > 1:
+            dist.barrier()  # the final checkpoint exists for every process before anyone evaluates it
+        if options.evaluate:
+            _evaluate(run, folder, run.folder.final_checkpoint, model)
     return run.folder.final_checkpoint
 
 
@@ -208,12 +212,15 @@ def _loop(
     options, processes, position, device = run.options, run.processes, run.position, run.processes.device
     window: dict[str, list[float]] = {}
     session_iteration = position.iteration
+    window_start = step_end = time.perf_counter()
+    data_wait = 0.0
     bar = tqdm(total=run.max_iters, initial=position.iteration, desc=run.row.name, dynamic_ncols=True,
                disable=not (processes.is_main and options.progress), file=sys.stderr)
     with StopFlag() as stop, bar:
         while position.iteration < run.max_iters:
             sampler.set_epoch(position.epoch, skip=position.batch_in_epoch * run.per_process_batch)
             for images, targets in loader:
+                data_wait += time.perf_counter() - step_end
                 lr = _lr(run)
                 images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
                 if options.channels_last:
@@ -234,10 +241,14 @@ def _loop(
 
                 done = position.iteration >= run.max_iters
                 if position.iteration % options.log_every == 0 or done:
-                    seconds = run.wall_before + time.perf_counter() - session_start
-                    run.last_line = window_line(position, run.steps_per_epoch, lr, window, seconds)
-                    window = {}
+                    now, steps = time.perf_counter(), len(next(iter(window.values())))
+                    run.last_line = window_line(position, run.steps_per_epoch, lr, window,
+                                                run.wall_before + now - session_start,
+                                                steps * run.row.schedule.batch_size / (now - window_start),
+                                                data_wait / steps)
+                    window, window_start, data_wait = {}, now, 0.0
                     _append_metrics(run, run.last_line)
+                    run.board.window(run.last_line)
                 if position.iteration % run.checkpoint_every == 0 or done or stop_requested:
                     _save_last(run, model, optimizer, scaler, session_start)
                 if stop_requested and not done:
@@ -250,6 +261,7 @@ def _loop(
                     _evaluate(run, run.folder.epoch_evaluation(position.epoch), None, model)
                 if done:
                     return
+                step_end = time.perf_counter()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -287,7 +299,7 @@ def _state_to_resume(
         return None
     if damaged:
         _log(processes, f"resume: {damaged[0]}; continuing from {path} (iteration {int(state.iteration)})")
-    state.check_resumable(path, row.name, processes.world_size, per_process_batch)
+    state.check_resumable(path, row.name, processes.world_size, per_process_batch, config_json(row))
     if options.max_iters is not None and options.max_iters < int(state.iteration):
         raise ValueError(f"--max-iters {options.max_iters} is below the {int(state.iteration)} iterations {path} has "
                          f"done; give --max-iters {int(state.iteration)} or more, or leave it out to continue to the "
@@ -390,6 +402,7 @@ def _save_last(
         options=run.options.to_dict(),
         wall_seconds=run.wall_before + (time.perf_counter() - session_start),
         last_record=run.last_line.to_json() if run.last_line is not None else None,
+        recipe=config_json(run.row),
     ).save(run.folder.last_checkpoint)
 
 
@@ -406,6 +419,7 @@ def _evaluate(run: _Run, folder: RunFolder, checkpoint: Path | None, model: nn.M
             record = evaluate_run(run.row, checkpoint, run.data_root, folder.path, device, max_images=run.options.eval_max_images,
                                   model=net, precision=inference_precision(run.options.amp), progress=run.options.progress,
                                   replace=True)
+            run.board.evaluation(run.position.iteration, record, net, run.row, run.data_root)
         finally:
             net.train()
     if cuda_state is not None:

@@ -36,6 +36,10 @@ class LogLine:
     window: int | None = None
     seconds: float | None = None
     """Cumulative training wall time over every session."""
+    images_per_second: float | None = None
+    """Training images per second over the window (all processes)."""
+    data_seconds: float | None = None
+    """Mean seconds per step spent waiting for the next batch."""
     mIoU: float | None = None
     coarse_mIoU: float | None = None
     boundary_mIoU: float | None = None
@@ -52,7 +56,8 @@ class LogLine:
         flat: dict[str, Any] = {"iteration": self.iteration, "epoch": self.epoch}
         if self.is_evaluation:
             return flat | {"mIoU": self.mIoU, "coarse_mIoU": self.coarse_mIoU, "boundary_mIoU": self.boundary_mIoU}
-        return flat | {"lr": self.lr, "loss": self.loss, **self.losses, "window": self.window, "seconds": self.seconds}
+        return flat | {"lr": self.lr, "loss": self.loss, **self.losses, "window": self.window, "seconds": self.seconds,
+                       "images_per_second": self.images_per_second, "data_seconds": self.data_seconds}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> LogLine:
@@ -62,15 +67,18 @@ class LogLine:
         return cls(**{k: data[k] for k in names if k in data}, losses=losses)
 
 
-COLUMNS = ("iteration", "epoch", "lr", "loss", "window", "seconds", "mIoU", "coarse_mIoU", "boundary_mIoU")
+COLUMNS = ("iteration", "epoch", "lr", "loss", "window", "seconds", "images_per_second", "data_seconds", "mIoU",
+           "coarse_mIoU", "boundary_mIoU")
 """The DataFrame's columns of `read_train_log` (each loss_* column besides)."""
 
 
 def window_line(
-    position: Position, steps_per_epoch: int, lr: float, window: Mapping[str, list[float]], seconds: float
+    position: Position, steps_per_epoch: int, lr: float, window: Mapping[str, list[float]], seconds: float,
+    images_per_second: float | None = None, data_seconds: float | None = None,
 ) -> LogLine:
     """The line after `position.iteration` steps: the lr of the last step, mean losses over the steps since
-    the previous line (`window`: each loss's values, one per step), fractional epochs and cumulative seconds."""
+    the previous line (`window`: each loss's values, one per step), fractional epochs and cumulative seconds;
+    the window's speed and mean data wait when measured."""
     return LogLine(
         iteration=position.iteration,
         epoch=position.epochs(steps_per_epoch),
@@ -78,6 +86,8 @@ def window_line(
         losses={name: sum(v) / len(v) for name, v in window.items()},
         window=len(next(iter(window.values()), [])),
         seconds=round(seconds, 3),
+        images_per_second=None if images_per_second is None else round(images_per_second, 3),
+        data_seconds=None if data_seconds is None else round(data_seconds, 5),
     )
 
 

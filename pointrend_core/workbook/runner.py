@@ -36,11 +36,12 @@ from papermill.exceptions import PapermillExecutionError
 from traitlets.config import Config
 
 from pointrend_core.checks import check_counts
-from pointrend_core.config import DATASETS, ROWS, RUNS_DIR, RowConfig, get_row, on_dataset
+from pointrend_core.config import DATASETS, ROWS, RUNS_DIR, RowConfig, default_run_dir, get_row, on_dataset
 from pointrend_core.data.datasets import DemoShapes
 from pointrend_core.data.demo import make_demo_dataset
 from pointrend_core.engine.run_folder import RunFolder, RunFolderBusy
 from pointrend_core.model.inference import PRECISION_DTYPES, Precision, check_precision
+from pointrend_core.overrides import apply_overrides
 from pointrend_core.workbook.html import render_html, write_index_html
 from pointrend_core.workbook.notebook_progress import CELL_REPORTING_ENGINE, NotebookProgress
 from pointrend_core.workbook.status import RowStatus, read_status
@@ -182,7 +183,7 @@ def run_row(
         with RunFolder(out_dir).hold():
             return _run_row(row, data_root, out_dir, reports_dir, jobs, progress)
     except RunFolderBusy as busy:
-        return RowStatus(row=row.name, ok=False, error=str(busy), finished=_now())
+        return RowStatus(row=out_dir.name, ok=False, error=str(busy), finished=_now())
 
 
 def _run_row(
@@ -198,13 +199,13 @@ def _run_row(
         _ensure_demo_data(row, data_root)
         for notebook, html_name, parameters in jobs:
             step = notebook.name
-            with NotebookProgress(row.name, notebook, out_dir, enabled=progress) as bar:
-                execute(notebook, out_dir / notebook.name, parameters, reports_dir / html_name, row=row.name,
+            with NotebookProgress(out_dir.name, notebook, out_dir, enabled=progress) as bar:
+                execute(notebook, out_dir / notebook.name, parameters, reports_dir / html_name, row=out_dir.name,
                         progress=bar)
     except Exception as err:  # a row's failure is its status, not the batch's end
         error = _error_message(step, err)
     status = RowStatus(
-        row=row.name,
+        row=out_dir.name,  # the row's name; with overrides, its run's (config.default_run_dir)
         ok=error is None,
         error=error,
         seconds=round(time.perf_counter() - started, 1),
@@ -239,6 +240,7 @@ def run_rows(
     progress: bool = True,
     dataset: str | None = None,
     precision: Precision = "fp32",
+    overrides: Sequence[str] = (),
 ) -> dict[str, RowStatus]:
     """Run every row in `rows` (names from ROWS) and write the results report and reports/index.html.
 
@@ -247,6 +249,8 @@ def run_rows(
     its status are named `<row>_<dataset>` (`<row>_<folder name>`). A row that did not finish before
     continues its earlier run (resume); `force` starts it afresh (overwrite).
     `precision` is the inference precision of every evaluation and figure (fp32, bf16; fp16 on CUDA only).
+    `overrides` (`section.field=value`, as `--set` takes them) change every row's recipe; such a run is named
+    after its row and overrides (`config.default_run_dir`) and is never shown as the published row.
     `max_iters`, `device` and `extra_params` (any parameter the notebooks declare, e.g. crop_size,
     batch_size, gpus, checkpoint) are injected into the notebooks; a parameter no notebook declares is an
     error. `points` says for which rows the point-selection notebook runs: all (True), none (False) or the
@@ -270,6 +274,8 @@ def run_rows(
     check_counts(parameters)
     if precision != "fp32":  # the notebooks' default; other notebooks (--notebooks-dir) need not declare it
         parameters["precision"] = precision
+    if overrides:  # likewise: the notebooks' default is none
+        parameters["overrides"] = list(overrides)
     if released_dir is not None and "checkpoint" in parameters:
         raise ValueError("give either released_dir (one checkpoint per row) or a checkpoint parameter, not both")
     declared = {name: declared_parameters(notebooks_dir / name) for name in (TRAIN_EVALUATE, POINT_SELECTION)}
@@ -279,11 +285,13 @@ def run_rows(
             f"unknown notebook parameter(s) {', '.join(unknown)}; the notebooks declare: "
             f"{', '.join(sorted(set().union(*declared.values())))}"
         )
-    configs = {row: on_dataset(get_row(row), dataset, data_root_for(row, data_root)) for row in rows}
+    configs = {row: apply_overrides(on_dataset(get_row(row), dataset, data_root_for(row, data_root)), overrides)
+               for row in rows}
 
     statuses: dict[str, RowStatus] = {}
     for row, cfg in configs.items():
-        name, out_dir = cfg.name, runs_dir / cfg.name
+        out_dir = runs_dir / default_run_dir(cfg).name
+        name = out_dir.name
         previous = None if force else is_finished(out_dir)
         if previous is not None:
             statuses[name] = replace(previous, skipped=True)
@@ -361,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--precision", choices=tuple(PRECISION_DTYPES), default="fp32",
                      help="inference precision of the evaluations and figures (fp16: CUDA only); run.json records it")
     run.add_argument("--no-points", action="store_true", help="skip the point-selection notebook")
+    run.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", dest="overrides",
+                     help="change a field of every row's recipe, e.g. data.crop_size=384,384 (repeatable)")
     run.add_argument(
         "--released-dir", type=Path, metavar="DIR",
         help="evaluate the released sssegmentation checkpoints in DIR (model-zoo file names) instead of training",
@@ -389,6 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             notebooks_dir=args.notebooks_dir,
             dataset=args.dataset,
             precision=args.precision,
+            overrides=args.overrides,
         )
     except (ValueError, KeyError, FileNotFoundError) as err:
         parser.error(err.args[0] if isinstance(err, KeyError) else str(err))  # KeyError's str() adds quotes

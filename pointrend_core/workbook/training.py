@@ -10,11 +10,12 @@ import os
 import subprocess
 import sys
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from pointrend_core.config import DATASETS, RowConfig, get_row, on_dataset
+from pointrend_core.overrides import apply_overrides, format_value
 from pointrend_core.engine.evaluate import evaluate_run
 from pointrend_core.engine.records import RunRecord
 from pointrend_core.checks import check_counts
@@ -46,37 +47,19 @@ def configure_row(
     crop_size: Sequence[int] | None = None,
     base_size: Sequence[int] | None = None,
     batch_size: int | None = None,
+    overrides: Sequence[str] = (),
 ) -> RowConfig:
-    """The row `config` with optional overrides (None keeps the recipe's value).
+    """The row `config` on its dataset with `overrides` (`section.field=value`, as `--set` takes them).
 
     `dataset` runs the row's recipe on another dataset (`config.on_dataset`; a folder needs `data_root`).
-    crop_size (h, w) of training crops, base_size (long, short) the images are resized to fit (at scale 1.0 in
-    training, and at test time), batch_size the total training batch. They exist for smoke tests and small
-    machines; a run with overrides is not the recipe, and its run.json records the overridden config.
+    crop_size (h, w), base_size (long, short) and batch_size are spellings of the overrides data.crop_size,
+    data.base_size and schedule.batch_size (None keeps the recipe's value), applied before `overrides`. A run
+    with overrides is not the recipe: its records carry them and the reports show them.
     """
-    row = get_row(config)
-    data = row.data
-    if crop_size is not None:
-        data = replace(data, crop_size=_pair("crop_size", crop_size))
-    if base_size is not None:
-        data = replace(data, base_size=_pair("base_size", base_size))
-    schedule = row.schedule
-    if batch_size is not None:
-        schedule = replace(schedule, batch_size=_positive("batch_size", batch_size))
-    return on_dataset(replace(row, data=data, schedule=schedule), dataset, data_root)
-
-
-def _pair(name: str, value: Sequence[int]) -> tuple[int, int]:
-    pair = tuple(int(v) for v in value)
-    if len(pair) != 2 or min(pair) < 1:
-        raise ValueError(f"{name} must be two positive integers, got {value!r}")
-    return pair  # type: ignore[return-value]
-
-
-def _positive(name: str, value: int) -> int:
-    if int(value) < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+    spelled = {"data.crop_size": crop_size, "data.base_size": base_size, "schedule.batch_size": batch_size}
+    shortcuts = [f"{key}={format_value(tuple(value) if isinstance(value, (list, tuple)) else value)}"
+                 for key, value in spelled.items() if value is not None]
+    return apply_overrides(on_dataset(get_row(config), dataset, data_root), [*shortcuts, *overrides])
 
 
 def distributed_command(
@@ -93,25 +76,14 @@ def distributed_command(
     resume: bool = False,
     overwrite: bool = False,
 ) -> list[str]:
-    """`python -m torch.distributed.run --nproc_per_node=<gpus> -m pointrend_core train ...` for this row.
-
-    The CLI rebuilds the row from its name plus --crop and --batch-size; any other override (base_size) cannot
-    be passed on and is refused rather than silently training the unmodified recipe.
-    """
-    recipe = get_row(row.recipe or row.name)
+    """`python -m torch.distributed.run --nproc_per_node=<gpus> -m pointrend_core train ...` for this row: the
+    CLI rebuilds it from its recipe's name, its dataset and its overrides (`--set` each)."""
     dataset = next((name for name, cls in DATASETS.items() if cls is row.data.dataset), None)
-    if row.recipe is not None:
-        recipe = on_dataset(recipe, dataset, data_root)
-    passable = replace(
-        recipe,
-        data=replace(recipe.data, crop_size=row.data.crop_size),
-        schedule=replace(recipe.schedule, batch_size=row.schedule.batch_size),
-    )
-    if row != passable:
-        raise ValueError(
-            f"row {row.name!r} has overrides the training CLI cannot take (only crop_size and batch_size): "
-            "drop them or use gpus=1"
-        )
+    rebuilt = apply_overrides(on_dataset(get_row(row.recipe or row.name), dataset if row.recipe else None, data_root),
+                              row.overrides)
+    if rebuilt != row:
+        raise ValueError(f"row {row.name!r} differs from its recipe in a way the training CLI cannot express; "
+                         "use --set overrides (config.on_dataset and overrides.apply_overrides) or gpus=1")
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
         "-m", "pointrend_core", "train", "--config", row.recipe or row.name, "--out-dir", str(out_dir),
@@ -123,14 +95,13 @@ def distributed_command(
         "--max-iters": max_iters,
         "--workers": workers,
         "--pretrained-backbone": pretrained_backbone,
-        "--batch-size": row.schedule.batch_size if row.schedule.batch_size != recipe.schedule.batch_size else None,
     }
     for flag, value in optional.items():
         if value is not None:
             command += [flag, str(value)]
     command += (["--resume"] if resume else []) + (["--overwrite"] if overwrite else [])
-    if row.data.crop_size != recipe.data.crop_size:
-        command += ["--crop", *map(str, row.data.crop_size)]
+    for override in row.overrides:
+        command += ["--set", override]
     return command
 
 
