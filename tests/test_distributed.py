@@ -101,8 +101,9 @@ def test_torchrun_trains_with_ddp_and_sync_batchnorm_writing_from_rank_zero(demo
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert completed.stdout.count("final checkpoint:") == 1  # printed by rank 0 only
     assert sorted(p.name for p in out.iterdir()) == [  # the lock goes when the run ends
-        "checkpoint_final.pth", "checkpoint_last.pth", "metrics.jsonl", "progress.json", "train.json"
+        "checkpoint_final.pth", "checkpoint_last.pth", "metrics.jsonl", "progress.json", "tensorboard", "train.json"
     ]
+    assert len(list((out / "tensorboard").iterdir())) == 1  # one event file: rank 0's
     # One record per step: a second writer would have doubled them.
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [1, 2, 3]

@@ -167,8 +167,8 @@ def test_predict_bad_inputs() -> None:
     model = Conv1x1Fake().eval()
     with pytest.raises(ValueError, match=r"one float image \(1, 3, H, W\)"):
         predict(model, torch.zeros(3, 8, 8), (8, 8), EvalConfig())
-    with pytest.raises(ValueError, match="needs slide_crop and slide_stride"):
-        predict(model, torch.zeros(1, 3, 8, 8), (8, 8), EvalConfig(mode="slide"))
+    with pytest.raises(ValueError, match=r"eval.slide_crop must be two positive integers \(mode 'slide'\)"):
+        EvalConfig(mode="slide")  # refused where it is made, before any prediction
     with pytest.raises(TypeError, match=r"\.logits and \.coarse_logits"):
         predict(nn.Identity(), torch.zeros(1, 3, 8, 8), (8, 8), EvalConfig())
     refined, _ = predict(model, torch.randn(1, 3, 8, 8), (8, 8), EvalConfig())
@@ -373,6 +373,7 @@ def _no_nan_constant(token: str) -> None:
 def test_evaluate_run_writes_run_json(tmp_path: Path, fake_transforms: object, monkeypatch: pytest.MonkeyPatch) -> None:
     loaded: list[tuple[nn.Module, object]] = []
     monkeypatch.setattr(evaluate_module, "load_checkpoint", lambda model, path: loaded.append((model, path)) or {})
+    monkeypatch.setattr(evaluate_module, "check_checkpoint_path", Path)  # no file: the load is faked
     (tmp_path / "train.json").write_text(
         json.dumps({"iterations": 12, "wall_seconds": 3.5, "checkpoint": str(tmp_path / "checkpoint_final.pth")}))
     model = Oracle4Fake()
@@ -413,6 +414,7 @@ def test_evaluate_run_writes_run_json(tmp_path: Path, fake_transforms: object, m
 
 def test_every_evaluation_keeps_its_own_record(tmp_path: Path, fake_transforms: object, monkeypatch) -> None:
     monkeypatch.setattr(evaluate_module, "load_checkpoint", lambda model, path: {})
+    monkeypatch.setattr(evaluate_module, "check_checkpoint_path", Path)  # no file: the load is faked
     (tmp_path / "train.json").write_text(json.dumps({"iterations": 12, "checkpoint": str(tmp_path / "checkpoint_final.pth")}))
     row = _tiny_row()
     # The run's own final checkpoint: its training summary is merged.
@@ -429,9 +431,11 @@ def test_every_evaluation_keeps_its_own_record(tmp_path: Path, fake_transforms: 
     # it claims the training only when it holds the iteration that training ended at.
     (tmp_path / "run.json").unlink()
     monkeypatch.setattr(evaluate_module, "load_checkpoint", lambda model, path: {"iteration": 7})
+    monkeypatch.setattr(evaluate_module, "check_checkpoint_path", Path)  # no file: the load is faked
     last = evaluate_run(row, tmp_path / "checkpoint_last.pth", None, tmp_path, model=Oracle4Fake(), progress=False)
     assert last.training is None  # iteration 7, the training ended at 12
     monkeypatch.setattr(evaluate_module, "load_checkpoint", lambda model, path: {"iteration": 12})
+    monkeypatch.setattr(evaluate_module, "check_checkpoint_path", Path)  # no file: the load is faked
     final = evaluate_run(row, tmp_path / "checkpoint_final.pth", None, tmp_path, model=Oracle4Fake(), progress=False)
     assert final.checkpoint == str(tmp_path / "checkpoint_final.pth") and final.training.iterations == 12
     other = evaluate_run(row, tmp_path / "other.pth", None, tmp_path / "elsewhere", model=Oracle4Fake(), progress=False)
@@ -450,5 +454,6 @@ def test_evaluate_run_without_train_json_and_with_bad_one(tmp_path: Path, fake_t
     (tmp_path / "run.json").unlink()  # that evaluation keeps its record otherwise
     (tmp_path / "train.json").write_text("{not json")
     monkeypatch.setattr(evaluate_module, "load_checkpoint", lambda model, path: {})
+    monkeypatch.setattr(evaluate_module, "check_checkpoint_path", Path)  # no file: the load is faked
     with pytest.raises(ValueError, match=r"train\.json: not a valid JSON training summary"):
         evaluate_run(row, tmp_path / "checkpoint_final.pth", None, tmp_path, model=Oracle4Fake(), progress=False)

@@ -86,15 +86,20 @@ def test_collect_runs_one_line_per_run_json(runs_dir: Path) -> None:
 
 
 def test_collect_runs_empty_and_bad_files(tmp_path: Path) -> None:
+    """An unreadable run.json is left out of the lines and named with the reason, never stopping the table."""
     assert collect_runs(tmp_path / "nothing").empty
     bad = tmp_path / "runs" / "x"
     bad.mkdir(parents=True)
     (bad / "run.json").write_text("{not json")
-    with pytest.raises(ValueError, match=r"x/run.json is not valid JSON"):
-        collect_runs(tmp_path / "runs")
+    runs = collect_runs(tmp_path / "runs")
+    [(path, reason)] = runs.attrs["unreadable"]
+    assert runs.empty and path == str(bad / "run.json") and reason.startswith("is not valid JSON")
     (bad / "run.json").write_text('{"row": "demo"}')
-    with pytest.raises(ValueError, match=r"x/run.json lacks 'metrics'"):
-        collect_runs(tmp_path / "runs")
+    [(path, reason)] = collect_runs(tmp_path / "runs").attrs["unreadable"]
+    assert reason.startswith("lacks 'metrics'")
+    table = results_table(tmp_path / "runs")
+    assert table.loc["x (unreadable)", "source"] == f"{bad / 'run.json'}: lacks 'metrics'; expected a RunRecord written by pointrend_core"
+    assert table.loc["demo", "reproduced mIoU (refined)"] == NOT_RUN
 
 
 def test_results_table_rows_differences_and_not_run(runs_dir: Path) -> None:

@@ -79,7 +79,7 @@ def short_run(voc_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_training_writes_checkpoints_metrics_and_summary(short_run: Path) -> None:
     out = short_run
     assert sorted(p.name for p in out.iterdir()) == [  # the lock goes when the run ends
-        "checkpoint_final.pth", "checkpoint_last.pth", "metrics.jsonl", "progress.json", "train.json"
+        "checkpoint_final.pth", "checkpoint_last.pth", "metrics.jsonl", "progress.json", "tensorboard", "train.json"
     ]
     progress = read_progress(RunFolder(out).progress_file)
     assert (progress.iteration, progress.max_iters, progress.start_iteration) == (4, 4, 0)
@@ -302,7 +302,7 @@ def test_killed_or_terminated_runs_resume_to_bit_identical_weights(voc_root: Pat
     assert 1 <= stopped_at < 6 and not (terminated / "checkpoint_final.pth").exists()
     # SIGTERM finishes cleanly: no half-written file (a SIGKILL may leave one; the resume removes it).
     left = sorted(p.name for p in terminated.iterdir())
-    assert left == ["checkpoint_last.pth", "metrics.jsonl", "progress.json"]
+    assert left == ["checkpoint_last.pth", "metrics.jsonl", "progress.json", "tensorboard"]
 
     resumed["terminated"] = _worker(voc_root, terminated, "resume", 100)
     for name, process in resumed.items():

@@ -30,6 +30,13 @@ class Processes:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def share_of(self, total: int, what: str = "total batch size") -> int:
+        """Each process's share of a total batch; ValueError when the processes cannot split it evenly."""
+        if total % self.world_size:
+            raise ValueError(f"{what} {total} is not divisible by the {self.world_size} processes; choose a batch "
+                             "size that is a multiple of the process count")
+        return total // self.world_size
+
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """"auto" -> cuda if available else cpu; a bare "cuda" becomes cuda:local_rank (one device per process)."""

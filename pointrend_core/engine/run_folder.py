@@ -288,11 +288,13 @@ class RunFolder:
     # The earlier-run policy: fresh, --resume or --overwrite
 
     def earlier_run(self, keep_log: bool = False) -> list[Path]:
-        """What an earlier run left here: its records and checkpoints, and anything under `eval/` and
-        `evaluations/` (whoever wrote it). `keep_log`: a metrics.jsonl alone does not count (a run cut short
-        before its first checkpoint, which `--resume` may restart)."""
+        """What an earlier run left here: its records and checkpoints, its TensorBoard events, and anything
+        under `eval/` and `evaluations/` (whoever wrote it). `keep_log`: its logs alone (metrics.jsonl,
+        tensorboard/) do not count (a run cut short before its first checkpoint, which `--resume` may restart)."""
         found = [self.path / name for name in self.RECORDS if (self.path / name).is_file()]
         found = [p for p in found if p.name != self.METRICS or (p.stat().st_size > 0 and not keep_log)]
+        if not keep_log and self.tensorboard_dir.is_dir() and any(self.tensorboard_dir.iterdir()):
+            found.append(self.tensorboard_dir)
         for folder in (self.EPOCH_EVALUATIONS, self.EVALUATIONS):
             if (self.path / folder).is_dir() and any((self.path / folder).iterdir()):
                 found.append(self.path / folder)
@@ -322,6 +324,8 @@ class RunFolder:
                         "(--overwrite deletes only what runs wrote)")
                 doomed_folders.append(parent)
         doomed = [p for p in self.earlier_run() if p.is_file()] + [self.progress_file] * self.progress_file.exists()
+        if self.tensorboard_dir.is_dir():  # the earlier run's curves: the new run starts its own
+            doomed_folders.append(self.tensorboard_dir)
         if doomed or doomed_folders:
             names = [p.name for p in doomed] + [f"{p.name}/ ({sum(1 for _ in p.rglob('*') if _.is_file())} files)"
                                                  for p in doomed_folders]

@@ -13,13 +13,13 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from pointrend_core.checkpoints import read_checkpoint
+from pointrend_core.checkpoints import CheckpointError, read_checkpoint
 from pointrend_core.engine.distributed import Processes
 from pointrend_core.files import atomic_torch_save
 
@@ -98,12 +98,29 @@ class TrainState:
                              "use it as --checkpoint (initial weights) instead of resuming")
         return cls(**{name: content[name] for name in names if name in content})
 
+    @classmethod
+    def read_newest(cls, paths: Sequence[Path]) -> tuple[TrainState | None, Path | None, list[str]]:
+        """(state, its path, why each newer one was skipped): the first of `paths` that reads as a state;
+        (None, None, reasons) when none does."""
+        damaged = []
+        for path in paths:
+            try:
+                return cls.read(path), path, damaged
+            except CheckpointError as error:
+                damaged.append(f"{path.name}: {str(error).split(';')[0]}")
+        return None, None, damaged
+
     def check_resumable(
         self, path: str | os.PathLike, row: str, world_size: int, per_process_batch: int,
-        recipe: dict[str, Any] | None = None,
+        recipe: dict[str, Any] | None = None, max_iters: int | None = None,
     ) -> None:
-        """Refuse a state that cannot continue this run exactly: another row, process count or batch, or
-        (given `recipe`, the row's config as `records.config_json` writes it) another training recipe."""
+        """Refuse a state that cannot continue this run exactly: another row, process count or batch, (given
+        `recipe`, the row's config as `records.config_json` writes it) another training recipe, or a
+        `max_iters` below the iterations it has done."""
+        if max_iters is not None and max_iters < int(self.iteration):
+            raise ValueError(f"--max-iters {max_iters} is below the {int(self.iteration)} iterations {path} has done; "
+                             f"give --max-iters {int(self.iteration)} or more, or leave it out to continue to the "
+                             "recipe's length")
         if self.row != row:
             raise ValueError(f"{path} was written for row {self.row!r}, not {row!r}")
         changed = recipe_changes(self.recipe, recipe) if self.recipe is not None and recipe is not None else []

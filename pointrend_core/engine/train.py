@@ -39,7 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from pointrend_core.checkpoints import CheckpointError, load_backbone, load_checkpoint, load_for_finetuning
+from pointrend_core.checkpoints import load_backbone, load_checkpoint, load_for_finetuning
 from pointrend_core.config import RowConfig
 from pointrend_core.data.loading import (
     EpochSampler,
@@ -133,7 +133,7 @@ def _train(
 ) -> Path:
     if options.amp == "fp16" and processes.device.type != "cuda":
         raise ValueError("amp 'fp16' needs CUDA (it uses a GradScaler); on CPU use 'bf16' or 'fp32'")
-    per_process_batch = _per_process_batch(row, processes)
+    per_process_batch = processes.share_of(row.schedule.batch_size, f"total batch size of row {row.name!r}")
     resumed = _state_to_resume(folder, row, options, processes, per_process_batch)
     if resumed is None and not options.overwrite:
         # --resume with nothing to resume from may restart a run cut short before its first checkpoint (only
@@ -268,15 +268,6 @@ def _loop(
 # Setting up
 
 
-def _per_process_batch(row: RowConfig, processes: Processes) -> int:
-    if row.schedule.batch_size % processes.world_size:
-        raise ValueError(
-            f"total batch size {row.schedule.batch_size} of row {row.name!r} is not divisible by the "
-            f"{processes.world_size} processes; choose a batch size that is a multiple of the process count"
-        )
-    return row.schedule.batch_size // processes.world_size
-
-
 def _state_to_resume(
     folder: RunFolder, row: RowConfig, options: TrainOptions, processes: Processes, per_process_batch: int
 ) -> TrainState | None:
@@ -284,14 +275,8 @@ def _state_to_resume(
     last one is damaged or missing (None for a fresh start)."""
     if not options.resume:
         return None
-    damaged = []
-    for path in folder.checkpoints_to_resume():
-        try:
-            state = TrainState.read(path)
-            break
-        except CheckpointError as error:
-            damaged.append(f"{path.name}: {str(error).split(';')[0]}")
-    else:
+    state, path, damaged = TrainState.read_newest(folder.checkpoints_to_resume())
+    if state is None:
         if damaged:
             raise ValueError(f"no checkpoint of {folder.path} can be resumed from ({'; '.join(damaged)}); "
                              "start afresh with --overwrite")
@@ -299,11 +284,7 @@ def _state_to_resume(
         return None
     if damaged:
         _log(processes, f"resume: {damaged[0]}; continuing from {path} (iteration {int(state.iteration)})")
-    state.check_resumable(path, row.name, processes.world_size, per_process_batch, config_json(row))
-    if options.max_iters is not None and options.max_iters < int(state.iteration):
-        raise ValueError(f"--max-iters {options.max_iters} is below the {int(state.iteration)} iterations {path} has "
-                         f"done; give --max-iters {int(state.iteration)} or more, or leave it out to continue to the "
-                         "recipe's length")
+    state.check_resumable(path, row.name, processes.world_size, per_process_batch, config_json(row), options.max_iters)
     if int(state.sampler_seed) != options.seed:
         _log(processes, f"resume: using the checkpoint's seed {state.sampler_seed} (options say {options.seed})")
     return state

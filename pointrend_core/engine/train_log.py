@@ -29,7 +29,7 @@ class LogLine:
     """One line of metrics.jsonl. On disk the losses are flat keys beside `loss` (their sum)."""
 
     iteration: int
-    epoch: float
+    epoch: float | None = None
     lr: float | None = None
     losses: Mapping[str, float] = field(default_factory=dict)
     """Each weighted loss (loss_aux, loss_point), the mean over the window's steps."""
@@ -122,5 +122,7 @@ def read_train_log(path: str | os.PathLike) -> pd.DataFrame:
         raise FileNotFoundError(f"no training metrics at {path} (written by pointrend_core's train)")
     lines = read_lines(path)
     if not lines:
+        if Path(path).read_text(encoding="utf-8").strip():
+            raise ValueError(f"{path} has no iteration column: not a training log written by pointrend_core's train")
         raise ValueError(f"{path} is empty: training logged no iteration")
     return pd.DataFrame([line.to_json() for line in lines])
