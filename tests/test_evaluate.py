@@ -325,6 +325,9 @@ def test_evaluate_under_two_process_gloo_matches_one_process(tmp_path: Path) -> 
         assert shard.refined == single.refined and shard.coarse == single.coarse
         assert shard.refined_boundary == single.refined_boundary
         assert shard.coarse_boundary == single.coarse_boundary
+        # Per-image counts gathered from both processes, in dataset order, as one process records them.
+        assert (shard.counts.image_index == single.counts.image_index).all()
+        assert (shard.counts.counts == single.counts.counts).all() and single.counts.counts.any()
     assert 0 < single.coarse.mIoU < single.refined.mIoU == 1.0
 
 
