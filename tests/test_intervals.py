@@ -238,7 +238,7 @@ def _write_run(run_dir: Path, row: str, refined: float, coarse: float, published
                intervals: dict | None = None) -> None:
     metrics = {"mIoU": None, "boundary_mIoU": 40.0}
     record = {
-        "row": row, "data": {"num_images": 3, "dataset_size": 3}, "published_mIoU": published,
+        "row": row, "data": {"num_images": 40, "dataset_size": 40}, "published_mIoU": published,
         "metrics": {"refined": {**metrics, "mIoU": refined}, "coarse": {**metrics, "mIoU": coarse}},
         "environment": {"date": "2025-01-01T00:00:00+00:00"},
     }
@@ -260,6 +260,9 @@ def test_old_run_without_counts_shows_its_numbers_and_no_interval(tmp_path: Path
     assert table.loc["refined mIoU", "value"] == 68.12 and table.loc["refined mIoU", "95 % interval"] == NO_INTERVAL
     assert table.loc["refined mIoU", "verdict"] == NO_INTERVAL
     assert verdict_text(run).startswith(f"**{NO_INTERVAL}.** Recorded refined mIoU 68.12 (published 69.84)")
+    # A counts file of another evaluation (other images) beside it is not used to judge it.
+    synthetic_counts(12).save(tmp_path / "runs" / "pointrend_r50_voc" / COUNTS_FILE)
+    assert results_table(tmp_path / "runs").loc["pointrend_r50_voc", "95 % interval"] == NO_INTERVAL
 
 
 def test_runs_with_counts_show_interval_verdict_gain_and_seeds(tmp_path: Path) -> None:

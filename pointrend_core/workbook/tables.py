@@ -110,12 +110,16 @@ def run_summary(run: RunRecord, path: str | os.PathLike) -> dict[str, Any]:
 
 def run_intervals(run: RunRecord, run_dir: str | os.PathLike | None = None) -> RunIntervals | None:
     """The run's bootstrap intervals: those in its record, else computed from the counts file in `run_dir`
-    (a record written before intervals were), else None (evaluated before per-image counts were kept)."""
+    (a record written before intervals were) when it counts as many images as the record, else None
+    (evaluated before per-image counts were kept)."""
     if run.intervals is not None:
         return run.intervals
     if run_dir is None or not (Path(run_dir) / COUNTS_FILE).is_file():
         return None
-    return bootstrap_intervals(ImageCounts.load(Path(run_dir) / COUNTS_FILE))
+    counts = ImageCounts.load(Path(run_dir) / COUNTS_FILE)
+    if run.data.num_images is not None and counts.num_images != run.data.num_images:
+        return None  # a file left by another evaluation: never judge a record by it
+    return bootstrap_intervals(counts)
 
 
 def inference_label(run: RunRecord) -> str | None:
