@@ -26,6 +26,7 @@ from pointrend_core.engine.intervals import (
     bootstrap_intervals,
     draw_weights,
     gain_text,
+    is_significant,
     resample_statistics,
     verdict,
     write_counts_and_intervals,
@@ -138,6 +139,11 @@ def test_verdict_inside_below_above() -> None:
     assert above.sentence.startswith("Above the published 66.00")
     assert verdict(reproduced, None).kind == "not published"
     assert verdict(None, 69.84).text == NO_INTERVAL == "no interval: re-run evaluate"
+    # The gain: significant only when its interval excludes zero (either side).
+    assert gain_text(Interval(0.30, -0.20, 0.81, "BCa")) == "+0.30 [-0.20, +0.81], not significant"
+    assert gain_text(Interval(1.62, 0.80, 2.41, "BCa")) == "+1.62 [+0.80, +2.41], significant"
+    assert gain_text(Interval(-0.9, -1.5, -0.1, "BCa")) == "-0.90 [-1.50, -0.10], significant"
+    assert not is_significant(Interval(0.5, 0.0, 1.0, "BCa")) and not is_significant(None)
 
 
 def test_verdict_of_one_image_is_not_judged() -> None:
@@ -292,7 +298,8 @@ def test_runs_with_counts_show_interval_verdict_gain_and_seeds(tmp_path: Path) -
     assert run.intervals is not None and run.intervals.resamples == 200  # read back as dataclasses
     table = interval_table(run)
     assert list(table.index)[:2] == ["refined mIoU", "coarse mIoU"] and table.loc["refined mIoU", "method"] == "BCa"
-    assert table.loc["gain refined − coarse (mIoU)", "significant"] in ("yes", "no")
+    assert table.loc["gain refined − coarse (mIoU)", "significant"] == ("yes" if run.intervals.gain_mIoU.low > 0
+                                                                         or run.intervals.gain_mIoU.high < 0 else "no")
     text = verdict_text(run)
     assert text.startswith("**Below the published") and "docs/intervals.md" in text and "seed 0" in text
     assert not math.isnan(table.loc["coarse mIoU", "value"])

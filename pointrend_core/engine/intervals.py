@@ -266,18 +266,22 @@ def verdict(reproduced: Interval | None, published: float | None) -> Verdict:
                    f"difference of {difference.text(signed=True)} points.", difference)
 
 
+def is_significant(gain: Interval | None) -> bool:
+    """Whether a gain's interval excludes zero (False without an interval)."""
+    return gain is not None and gain.defined and (gain.low > 0 or gain.high < 0)
+
+
 def gain_text(gain: Interval | None) -> str:
     """'+1.62 [+0.80, +2.41], significant' -- significant only when the interval excludes zero."""
     if gain is None or gain.estimate is None:
         return NO_INTERVAL
     if not gain.defined:
         return f"{gain.text(signed=True)}, no interval"
-    significant = gain.low > 0 or gain.high < 0
-    return f"{gain.text(signed=True)}, {'significant' if significant else 'not significant'}"
+    return f"{gain.text(signed=True)}, {'significant' if is_significant(gain) else 'not significant'}"
 
 
 __all__ = [
     "CONFIDENCE", "RESAMPLES", "SEED", "STATISTICS", "NO_INTERVAL", "Interval", "RunIntervals", "Verdict",
-    "bootstrap_intervals", "resample_statistics", "draw_weights", "verdict", "gain_text",
+    "bootstrap_intervals", "resample_statistics", "draw_weights", "verdict", "gain_text", "is_significant",
     "write_counts_and_intervals",
 ]

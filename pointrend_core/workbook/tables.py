@@ -25,7 +25,15 @@ import pandas as pd
 
 from pointrend_core.config import DATASETS, ROWS, RowConfig
 from pointrend_core.engine.image_counts import COUNTS_FILE, ImageCounts
-from pointrend_core.engine.intervals import NO_INTERVAL, Interval, RunIntervals, bootstrap_intervals, gain_text, verdict
+from pointrend_core.engine.intervals import (
+    NO_INTERVAL,
+    Interval,
+    RunIntervals,
+    bootstrap_intervals,
+    gain_text,
+    is_significant,
+    verdict,
+)
 from pointrend_core.engine.records import RunRecord, TrainRecord
 
 NOT_RUN = "not run"
@@ -209,7 +217,7 @@ def interval_table(run: RunRecord | Mapping[str, Any], run_dir: str | os.PathLik
             line["published"] = run.published_mIoU
             line["verdict"] = verdict(interval, run.published_mIoU).text
         if role == "gain" and interval is not None and interval.defined:
-            line["significant"] = "yes" if gain_text(interval).endswith(", significant") else "no"
+            line["significant"] = "yes" if is_significant(interval) else "no"
         lines[label] = line
     return pd.DataFrame.from_dict(lines, orient="index")
 
