@@ -246,14 +246,19 @@ def verdict_text(run: RunRecord | Mapping[str, Any], run_dir: str | os.PathLike 
                 f"gain refined − coarse {gain:+.2f}; this evaluation kept no per-image counts, so no interval "
                 "and no verdict can be given.")
     judged = verdict(intervals.refined_mIoU, run.published_mIoU)
+    images = f"{intervals.num_images} validation image{'' if intervals.num_images == 1 else 's'}"
+    if intervals.refined_mIoU.defined:
+        how = (f"Intervals: {intervals.confidence:.0%} bootstrap over the {images} ({intervals.resamples:,} "
+               f"resamples, seed {intervals.seed}, {intervals.refined_mIoU.method}).")
+    else:
+        how = f"No intervals: {_interval_cell(intervals.refined_mIoU).removeprefix('no interval: ')} ({images})."
     return " ".join([
         f"**{judged.sentence}**",
         f"Refinement's gain in mIoU (refined − coarse, paired): {gain_text(intervals.gain_mIoU)}; "
         f"in boundary mIoU: {gain_text(intervals.gain_boundary_mIoU)}.",
-        f"Intervals: {intervals.confidence:.0%} bootstrap over the {intervals.num_images} validation images "
-        f"({intervals.resamples} resamples, seed {intervals.seed}, method "
-        f"{intervals.refined_mIoU.method or '—'}). They cover the choice of validation images, not training "
-        "randomness (run the row with several seeds for that); see docs/intervals.md in the project.",
+        how,
+        "Intervals cover the choice of validation images, not training randomness (run the row with several "
+        "seeds for that); see docs/intervals.md in the project.",
     ])
 
 
