@@ -325,6 +325,9 @@ def test_evaluate_under_two_process_gloo_matches_one_process(tmp_path: Path) -> 
         assert shard.refined == single.refined and shard.coarse == single.coarse
         assert shard.refined_boundary == single.refined_boundary
         assert shard.coarse_boundary == single.coarse_boundary
+        # Per-image counts gathered from both processes, in dataset order, as one process records them.
+        assert (shard.counts.image_index == single.counts.image_index).all()
+        assert (shard.counts.counts == single.counts.counts).all() and single.counts.counts.any()
     assert 0 < single.coarse.mIoU < single.refined.mIoU == 1.0
 
 
@@ -388,8 +391,10 @@ def test_evaluate_run_writes_run_json(tmp_path: Path, fake_transforms: object, m
     assert on_disk == record.to_json()
     assert set(on_disk) == {
         "row", "units", "config", "checkpoint", "data", "published_mIoU", "metrics", "gain_refined_minus_coarse",
-        "delta_refined_minus_published_mIoU", "timing", "environment", "training",
+        "delta_refined_minus_published_mIoU", "timing", "environment", "training", "intervals",
     }
+    assert (tmp_path / "image_counts.npz").is_file()  # per-image counts beside run.json (engine.image_counts)
+    assert on_disk["intervals"]["num_images"] == 2 and on_disk["intervals"]["refined_mIoU"]["estimate"] == 100.0
     assert on_disk["row"] == "tiny" and "percentage" in on_disk["units"]
     assert on_disk["config"]["data"]["dataset"] == "TinyDataset"
     assert on_disk["config"]["eval"]["mode"] == "whole"

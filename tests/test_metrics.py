@@ -10,10 +10,13 @@ import torch.nn.functional as F
 
 from pointrend_core.config import IGNORE_INDEX
 from pointrend_core.engine.metrics import (
+    COUNT_KINDS,
     BoundaryIoU,
     ConfusionMatrix,
     boundary_width,
+    class_counts,
     mask_boundary,
+    mean_iou_from_counts,
     metrics_from_confusion,
 )
 
@@ -252,3 +255,54 @@ def test_state_created_under_inference_mode_stays_usable() -> None:
     b.all_reduce()
     assert torch.equal(cm.matrix, 2 * EXPECTED_CM)
     assert b.compute().mIoU > 0
+
+
+# --- per-image counts (engine.intervals resamples them) ---------------------------------------------------
+
+
+def _random_maps(seed: int, count: int, num_classes: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Blocky label maps with ignored pixels, and predictions that agree with them on most pixels."""
+    g = torch.Generator().manual_seed(seed)
+    maps = []
+    for _ in range(count):
+        target = F.interpolate(torch.randint(0, num_classes, (1, 1, 4, 5), generator=g).float(), size=(16, 20))
+        target = target[0, 0].long()
+        target[torch.rand(16, 20, generator=g) < 0.05] = X
+        pred = torch.where(torch.rand(16, 20, generator=g) < 0.8, target.clamp(max=num_classes - 1),
+                           torch.randint(0, num_classes, (16, 20), generator=g))
+        maps.append((pred, target))
+    return maps
+
+
+def test_class_counts_of_the_hand_example() -> None:
+    counts = class_counts(EXPECTED_CM)
+    assert counts.tolist() == [[3, 4, 4], [4, 5, 5], [4, 5, 5]]  # intersection, prediction, ground truth
+    assert COUNT_KINDS == ("intersection", "prediction", "ground_truth")
+    cm = ConfusionMatrix(3)
+    assert torch.equal(cm.update(PRED, TARGET), EXPECTED_CM)  # update returns what it added
+    assert mean_iou_from_counts(counts) == metrics_from_confusion(EXPECTED_CM).mIoU
+
+
+def test_summed_per_image_counts_reproduce_the_dataset_metrics_exactly() -> None:
+    confusion, boundary = ConfusionMatrix(4), BoundaryIoU(4, dilation_ratio=0.1)
+    full, band = [], []
+    for pred, target in _random_maps(0, 7):
+        full.append(class_counts(confusion.update(pred, target)))
+        band.append(boundary.update(pred, target))
+    assert band[0].shape == (1, 3, 4) and band[0].dtype == torch.int64
+    full_sum, band_sum = torch.stack(full).sum(0), torch.cat(band).sum(0)
+    # Exact: both sides are the same float64 arithmetic on the same integer totals.
+    assert mean_iou_from_counts(full_sum) == confusion.compute().mIoU
+    assert mean_iou_from_counts(band_sum) == boundary.compute().mIoU
+    inter, pred_band, gt_band = band_sum
+    assert torch.equal(boundary.state[0], inter) and torch.equal(boundary.state[1], pred_band + gt_band - inter)
+    # A perfect prediction: the bands coincide, so intersection = predicted band = ground-truth band.
+    target = _random_maps(1, 1)[0][1]
+    perfect = BoundaryIoU(4).update(target.clamp(0, 3), target)[0]
+    assert torch.equal(perfect[0], perfect[1]) and torch.equal(perfect[1], perfect[2]) and perfect.sum() > 0
+
+
+def test_mean_iou_from_counts_skips_classes_without_union() -> None:
+    counts = torch.tensor([[2, 0, 0], [4, 0, 1], [2, 0, 0]])  # class 1 nowhere; class 2 predicted, never right
+    assert mean_iou_from_counts(counts) == pytest.approx((2 / 4 + 0.0) / 2)
+    assert math.isnan(mean_iou_from_counts(torch.zeros(3, 2, dtype=torch.int64)))

@@ -31,7 +31,9 @@ from pointrend_core.checks import check_max_images
 from pointrend_core.config import EvalConfig, RowConfig
 from pointrend_core.data.transforms import eval_transforms
 from pointrend_core.engine.distributed import all_reduce_, rank_and_world_size
-from pointrend_core.engine.metrics import BoundaryIoU, BoundaryMetrics, ConfusionMatrix, SegmentationMetrics
+from pointrend_core.engine.image_counts import ImageCounts, gather_image_counts
+from pointrend_core.engine.intervals import write_counts_and_intervals
+from pointrend_core.engine.metrics import BoundaryIoU, BoundaryMetrics, ConfusionMatrix, SegmentationMetrics, class_counts
 from pointrend_core.engine.records import DataRecord, Metrics, OutputMetrics, RunRecord, TimingRecord, config_json, environment
 from pointrend_core.engine.run_folder import EvaluationKey, RunFolder
 from pointrend_core.labels import IGNORE_INDEX
@@ -222,7 +224,8 @@ class EvalResult:
     """Dataset-level metrics (fractions in [0, 1]) for the refined and the coarse output, and timings.
 
     `seconds` is the wall time of the loop (data loading included; under DDP the slowest rank) and
-    `images_per_second` = num_images / seconds over all processes.
+    `images_per_second` = num_images / seconds over all processes. `counts` holds every image's per-class
+    pixel counts (`engine.image_counts`), in dataset order, on every process; summed they give these metrics.
     """
 
     refined: SegmentationMetrics
@@ -232,6 +235,7 @@ class EvalResult:
     num_images: int
     seconds: float
     images_per_second: float
+    counts: ImageCounts | None = None
 
 
 def _check_item(index: int, image: Tensor, mask: Tensor) -> None:
@@ -286,6 +290,8 @@ def evaluate(
         )
         for name in ("refined", "coarse")
     }
+    # Per image (this process's, in `indices` order): (4, 3, C) counts in image_counts.OUTPUTS order.
+    image_counts: list[Tensor] = []
     was_training = net.training
     net.eval()
     start = time.perf_counter()
@@ -296,11 +302,13 @@ def evaluate(
             image = image.to(device, non_blocking=True)[None]
             mask = mask.to(device)
             refined, coarse = predict(net, image, mask.shape, eval_cfg, subdivision)
+            full, band = [], []
             for name, logits in (("refined", refined), ("coarse", coarse)):
                 pred = logits.argmax(dim=1)[0]
                 confusion, boundary = meters[name]
-                confusion.update(pred, mask)
-                boundary.update(pred, mask)
+                full.append(class_counts(confusion.update(pred, mask)).cpu())
+                band.append(boundary.update(pred, mask)[0].cpu())
+            image_counts.append(torch.stack(full + band))
     finally:
         net.train(was_training)
     if device.type == "cuda":
@@ -310,6 +318,7 @@ def evaluate(
     for confusion, boundary in meters.values():
         confusion.all_reduce()
         boundary.all_reduce()
+    counts = gather_image_counts(image_counts, indices, total, num_classes)
     elapsed = seconds.item()
     return EvalResult(
         refined=meters["refined"][0].compute(),
@@ -319,6 +328,7 @@ def evaluate(
         num_images=total,
         seconds=elapsed,
         images_per_second=total / elapsed if elapsed > 0 else float("nan"),
+        counts=counts,
     )
 
 
@@ -450,6 +460,7 @@ def evaluate_run(
         ),
         environment=environment(device),
         training=training,
+        intervals=write_counts_and_intervals(folder.image_counts, result.counts, classes),
     )
     if rank_and_world_size()[0] == 0:
         record.write(folder.run_record)

@@ -18,6 +18,12 @@ Conventions (all metric values here are fractions in [0, 1]; reports multiply by
   ground-truth band and the predicted band. For semantic segmentation it is applied per class, per image,
   and the band intersections and unions are summed over the dataset per class (the same dataset-level
   accumulation as mIoU); the mean is the nanmean over classes with nonzero union.
+* Per-image counts: `ConfusionMatrix.update` returns the (C, C) matrix one update added and `class_counts`
+  turns it into (3, C) int64 counts [intersection, prediction, ground truth] per class; `BoundaryIoU.update`
+  returns the same (3, C) counts of the boundary bands for each image, (B, 3, C). Union = prediction +
+  ground truth - intersection, so summing an image's counts over images gives the dataset totals the
+  metrics are computed from, exactly (integers): every dataset-level statistic can be recomputed on any
+  subset or resample of the images (`engine.intervals`).
 """
 
 from __future__ import annotations
@@ -117,6 +123,28 @@ def metrics_from_confusion(confusion: Tensor) -> SegmentationMetrics:
     )
 
 
+COUNT_KINDS = ("intersection", "prediction", "ground_truth")
+"""The rows of a (3, C) per-class count array, in order."""
+
+
+def class_counts(confusion: Tensor) -> Tensor:
+    """(3, C) int64 [intersection, prediction, ground truth] pixel counts per class from a (C, C) confusion
+    matrix [ground truth, prediction] (the diagonal, the column sums, the row sums)."""
+    cm = confusion.detach().long()
+    return torch.stack([cm.diagonal(), cm.sum(dim=0), cm.sum(dim=1)])
+
+
+def mean_iou_from_counts(counts: Tensor) -> float:
+    """Mean IoU (fraction) from (3, C) summed counts [intersection, prediction, ground truth]: the nanmean over
+    classes with a nonzero union (= P + G - I) of I / union; NaN when no class has one. The same float64
+    arithmetic as `metrics_from_confusion` and `BoundaryIoU.compute`, so summed per-image counts give the
+    dataset-level value exactly."""
+    inter, pred, gt = torch.as_tensor(counts).to("cpu", torch.float64)
+    union = pred + gt - inter
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
+    return _nanmean(torch.where(union > 0, inter / union.clamp(min=1), nan))
+
+
 def _nanmean(values: Tensor) -> float:
     """nanmean that returns NaN (instead of warning) when every entry is NaN."""
     finite = values[~values.isnan()]
@@ -202,8 +230,9 @@ class ConfusionMatrix:
             self._matrix = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
         return self._matrix
 
-    def update(self, pred: Tensor, target: Tensor) -> None:
-        """Add integer class maps `pred`, `target` of shape (H, W) or (B, H, W)."""
+    def update(self, pred: Tensor, target: Tensor) -> Tensor:
+        """Add integer class maps `pred`, `target` of shape (H, W) or (B, H, W); returns the (C, C) int64
+        counts this update added (summed over the batch; `class_counts` gives its per-class counts)."""
         pred, target = _as_batch(pred, target)
         valid = valid_pixels(target, self.num_classes, self.ignore_index)
         p, t = pred[valid], target[valid]
@@ -211,10 +240,11 @@ class ConfusionMatrix:
         counts = torch.bincount(t * self.num_classes + p, minlength=self.num_classes**2)
         counts = counts.view(self.num_classes, self.num_classes)
         if self._matrix is None:
-            self._matrix = counts
+            self._matrix = counts.clone()
         else:
             self._matrix = _writable(self._matrix)
             self._matrix += counts.to(self._matrix.device)
+        return counts
 
     def all_reduce(self) -> None:
         """Sum the matrices of all processes (every rank must call it); no-op without torch.distributed."""
@@ -260,15 +290,16 @@ class BoundaryIoU:
             self._state = torch.zeros(2, self.num_classes, dtype=torch.int64)
         return self._state
 
-    def update(self, pred: Tensor, target: Tensor) -> None:
-        """Add integer class maps `pred`, `target` of shape (H, W) or (B, H, W)."""
+    def update(self, pred: Tensor, target: Tensor) -> Tensor:
+        """Add integer class maps `pred`, `target` of shape (H, W) or (B, H, W); returns each image's band
+        counts, (B, 3, C) int64 [intersection, predicted band, ground-truth band] per class."""
         pred, target = _as_batch(pred, target)
         if self._state is None:
             self._state = torch.zeros(2, self.num_classes, dtype=torch.int64, device=pred.device)
-        for p, t in zip(pred, target):
-            self._update_image(p, t)
+        return torch.stack([self._update_image(p, t) for p, t in zip(pred, target)])
 
-    def _update_image(self, pred: Tensor, target: Tensor) -> None:
+    def _update_image(self, pred: Tensor, target: Tensor) -> Tensor:
+        """Add one image; its (3, C) band counts. Union = |P_d| + |G_d| - |P_d & G_d| = |P_d | G_d|."""
         height, width = target.shape
         d = boundary_width(height, width, self.dilation_ratio)
         valid = valid_pixels(target, self.num_classes, self.ignore_index)
@@ -277,15 +308,18 @@ class BoundaryIoU:
         present = torch.unique(torch.cat([target[valid], pred[valid]]))
         per_chunk = max(1, self.chunk_elements // max(1, height * width))
         state = self._state = _writable(self.state)
+        counts = torch.zeros(3, self.num_classes, dtype=torch.int64, device=state.device)
         for classes in present.split(per_chunk):
             ids = classes.view(-1, 1, 1)
             gt_band = mask_boundary((target == ids) & valid, d)
             pred_band = mask_boundary((pred == ids) & valid, d)
-            inter = (gt_band & pred_band).flatten(1).sum(1)
-            union = (gt_band | pred_band).flatten(1).sum(1)
             idx = classes.to(state.device)
-            state[0].index_add_(0, idx, inter.to(state.device))
-            state[1].index_add_(0, idx, union.to(state.device))
+            counts[0].index_add_(0, idx, (gt_band & pred_band).flatten(1).sum(1).to(state.device))
+            counts[1].index_add_(0, idx, pred_band.flatten(1).sum(1).to(state.device))
+            counts[2].index_add_(0, idx, gt_band.flatten(1).sum(1).to(state.device))
+        state[0] += counts[0]
+        state[1] += counts[1] + counts[2] - counts[0]
+        return counts
 
     def all_reduce(self) -> None:
         """Sum the totals of all processes (every rank must call it); no-op without torch.distributed."""
@@ -304,6 +338,9 @@ __all__ = [
     "ConfusionMatrix",
     "BoundaryIoU",
     "metrics_from_confusion",
+    "class_counts",
+    "mean_iou_from_counts",
+    "COUNT_KINDS",
     "boundary_width",
     "mask_boundary",
     "valid_pixels",

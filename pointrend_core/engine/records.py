@@ -26,6 +26,7 @@ import torchvision
 
 from pointrend_core.config import RowConfig
 from pointrend_core.engine.distributed import rank_and_world_size
+from pointrend_core.engine.intervals import RunIntervals
 from pointrend_core.files import atomic_write_json
 
 UNITS = "every metric is a percentage (0-100); null = class with no pixels to score"
@@ -132,6 +133,9 @@ class RunRecord:
     timing: TimingRecord = field(default_factory=TimingRecord)
     environment: dict[str, Any] = field(default_factory=dict)
     training: TrainRecord | None = None
+    intervals: RunIntervals | None = None
+    """Bootstrap intervals over the evaluated images (`engine.intervals`); None in records written before
+    per-image counts were kept."""
 
     def write(self, path: str | os.PathLike) -> Path:
         return atomic_write_json(path, self.to_json())

@@ -112,8 +112,13 @@ def index_html(reports_dir: str | os.PathLike, runs_dir: str | os.PathLike, stat
 (one confusion matrix per split, as the model zoo computes it). <b>Boundary IoU</b>: the same, counted only in
 a band around object outlines (2&nbsp;% of the image diagonal), where the point head works. <b>Refined</b> is
 PointRend's output; <b>coarse</b> the coarse head's output upsampled, without the point head.
-<b>Difference</b>: reproduced (refined) minus published, in points. Rows without an evaluation are shown as
-"{NOT_RUN}".</p>
+<b>Difference</b>: reproduced (refined) minus published, in points. <b>95&nbsp;% interval</b>: a bootstrap
+interval of the reproduced mIoU over the validation images; <b>verdict</b>: <i>reproduced</i> when the
+published value lies inside it, else <i>below</i> / <i>above</i> with the difference and its interval.
+<b>Gain refined − coarse</b>: paired interval of what the point head adds, significant only when it excludes
+zero. The interval covers the choice of validation images, not training randomness (<b>seeds</b>: the spread
+over several runs of a row); the method is explained in docs/intervals.md in the project. Rows without an
+evaluation are shown as "{NOT_RUN}".</p>
 {table}
 <h2>Reports and visualizations</h2>
 <ul>{overview_items or "<li>none yet</li>"}</ul>

@@ -5,11 +5,13 @@ Every evaluated run leaves `runs/<name>/run.json` (an `engine.records.RunRecord`
 - `collect_runs(runs_dir)`: one line per run.json, numeric columns, mIoU-style scores in percent;
 - `results_table(runs_dir)`: the model-zoo table, one line per `ROWS` entry, where a row without a run says
   "not run" in every measured cell (published numbers are never copied into the reproduced columns);
-- one run: `run_overview`, `per_class_table`; a recipe: `recipe_table`, `point_settings_table`; a sweep:
-  `sweep_table`; the runs of a folder for reading: `runs_display`.
+- one run: `run_overview`, `per_class_table`, `interval_table` and `verdict_text`; a recipe: `recipe_table`,
+  `point_settings_table`; a sweep: `sweep_table`; the runs of a folder for reading: `runs_display`.
 
 Scores are percentages (the model zoo publishes mIoU in %); the difference is reproduced minus published,
-in percentage points.
+in percentage points. Intervals are 95 % bootstrap intervals over the validation images (`engine.intervals`,
+explained for readers in docs/intervals.md); a run evaluated before per-image counts were recorded shows its
+numbers with "no interval: re-run evaluate".
 """
 
 from __future__ import annotations
@@ -22,6 +24,16 @@ import numpy as np
 import pandas as pd
 
 from pointrend_core.config import DATASETS, ROWS, RowConfig
+from pointrend_core.engine.image_counts import ImageCounts
+from pointrend_core.engine.intervals import (
+    NO_INTERVAL,
+    Interval,
+    RunIntervals,
+    bootstrap_intervals,
+    gain_text,
+    is_significant,
+    verdict,
+)
 from pointrend_core.engine.records import RunRecord, TrainRecord
 from pointrend_core.engine.run_folder import RunFolder
 
@@ -44,16 +56,21 @@ RUN_COLUMNS = [
     "val_images",
     "inference",
     "finished",
+    "intervals",
 ]
-"""Columns of `collect_runs`."""
+"""Columns of `collect_runs` ("intervals": the run's `RunIntervals`, None when it has none)."""
 
 TABLE_COLUMNS = [
     "published mIoU",
     "reproduced mIoU (refined)",
+    "95 % interval",
+    "verdict",
     "difference",
     "coarse mIoU",
+    "gain refined − coarse",
     "boundary IoU refined",
     "boundary IoU coarse",
+    "seeds",
     "training time",
     "hardware",
     "source",
@@ -96,7 +113,22 @@ def run_summary(run: RunRecord, path: str | os.PathLike) -> dict[str, Any]:
         "val_images": run.data.dataset_size,
         "inference": inference_label(run),
         "finished": run.environment.get("date"),
+        "intervals": run_intervals(run, Path(path).parent),
     }
+
+
+def run_intervals(run: RunRecord, run_dir: str | os.PathLike | None = None) -> RunIntervals | None:
+    """The run's bootstrap intervals: those in its record, else computed from the counts file in `run_dir`
+    (a record written before intervals were) when it counts as many images as the record, else None
+    (evaluated before per-image counts were kept)."""
+    if run.intervals is not None:
+        return run.intervals
+    if run_dir is None or not RunFolder(run_dir).image_counts.is_file():
+        return None
+    counts = ImageCounts.load(RunFolder(run_dir).image_counts)
+    if run.data.num_images is not None and counts.num_images != run.data.num_images:
+        return None  # a file left by another evaluation: never judge a record by it
+    return bootstrap_intervals(counts)
 
 
 def inference_label(run: RunRecord) -> str | None:
@@ -148,6 +180,87 @@ def per_class_table(run: RunRecord | Mapping[str, Any]) -> pd.DataFrame:
     table.loc["mean"] = [_score(v) for v in (refined.mIoU, coarse.mIoU, refined.boundary_mIoU, coarse.boundary_mIoU)]
     table.index.name = "class"
     return table.round(2)
+
+
+_INTERVAL_LINES = {
+    "refined mIoU": ("refined_mIoU", "mIoU"),
+    "coarse mIoU": ("coarse_mIoU", None),
+    "boundary mIoU refined": ("refined_boundary_mIoU", None),
+    "boundary mIoU coarse": ("coarse_boundary_mIoU", None),
+    "gain refined − coarse (mIoU)": ("gain_mIoU", "gain"),
+    "gain refined − coarse (boundary mIoU)": ("gain_boundary_mIoU", "gain"),
+}
+
+
+def _recorded_values(run: RunRecord) -> list[float]:
+    """The recorded scores in `_INTERVAL_LINES` order (percent; gains refined minus coarse)."""
+    refined, coarse = run.metrics.refined, run.metrics.coarse
+    values = [_score(v) for v in (refined.mIoU, coarse.mIoU, refined.boundary_mIoU, coarse.boundary_mIoU)]
+    return values + [values[0] - values[1], values[2] - values[3]]
+
+
+def interval_table(run: RunRecord | Mapping[str, Any], run_dir: str | os.PathLike | None = None) -> pd.DataFrame:
+    """One run's scores with their 95 % bootstrap intervals (docs/intervals.md): index = refined, coarse and
+    boundary mIoUs and the two refined-minus-coarse gains; columns "value" (recorded, percent), "95 % interval",
+    "method" (BCa or percentile), "published" and "verdict" (refined mIoU only), "significant" (gains only).
+
+    A run without intervals keeps its values, with "no interval: re-run evaluate" in their place.
+    """
+    run = _record(run)
+    intervals = run_intervals(run, run_dir)
+    lines = {}
+    for (label, (field, role)), value in zip(_INTERVAL_LINES.items(), _recorded_values(run)):
+        interval = getattr(intervals, field) if intervals is not None else None
+        line = {"value": round(value, 2), "95 % interval": _interval_cell(interval, signed=role == "gain"),
+                "method": interval.method if interval is not None else "—", "published": "—", "verdict": "—",
+                "significant": "—"}
+        if role == "mIoU" and run.published_mIoU is not None:
+            line["published"] = run.published_mIoU
+            line["verdict"] = verdict(interval, run.published_mIoU).text
+        if role == "gain" and interval is not None and interval.defined:
+            line["significant"] = "yes" if is_significant(interval) else "no"
+        lines[label] = line
+    return pd.DataFrame.from_dict(lines, orient="index")
+
+
+def _interval_cell(interval: Interval | None, signed: bool = False) -> str:
+    """'[67.01, 69.20]' ('[-0.20, +0.81]' signed); NO_INTERVAL without intervals; 'no interval: one image'
+    where the interval is undefined."""
+    if interval is None:
+        return NO_INTERVAL
+    if not interval.defined:
+        return "no interval: " + (interval.method or "none").removeprefix("none (").removesuffix(")")
+    fmt = "{:+.2f}" if signed else "{:.2f}"
+    return f"[{fmt.format(interval.low)}, {fmt.format(interval.high)}]"
+
+
+def verdict_text(run: RunRecord | Mapping[str, Any], run_dir: str | os.PathLike | None = None) -> str:
+    """The verdict of one run in a few Markdown sentences for its report: reproduced / below / above the
+    published mIoU, whether the refinement's gain is significant, how the intervals were made, and where
+    they are explained (docs/intervals.md, named in words: reports are read away from the project folder)."""
+    run = _record(run)
+    intervals = run_intervals(run, run_dir)
+    if intervals is None:
+        gain = _score(run.metrics.refined.mIoU) - _score(run.metrics.coarse.mIoU)
+        published = "" if run.published_mIoU is None else f" (published {run.published_mIoU:.2f})"
+        return (f"**{NO_INTERVAL}.** Recorded refined mIoU {_score(run.metrics.refined.mIoU):.2f}{published}, "
+                f"gain refined − coarse {gain:+.2f}; this evaluation kept no per-image counts, so no interval "
+                "and no verdict can be given.")
+    judged = verdict(intervals.refined_mIoU, run.published_mIoU)
+    images = f"{intervals.num_images} validation image{'' if intervals.num_images == 1 else 's'}"
+    if intervals.refined_mIoU.defined:
+        how = (f"Intervals: {intervals.confidence:.0%} bootstrap over the {images} ({intervals.resamples:,} "
+               f"resamples, seed {intervals.seed}, {intervals.refined_mIoU.method}).")
+    else:
+        how = f"No intervals: {_interval_cell(intervals.refined_mIoU).removeprefix('no interval: ')} ({images})."
+    return " ".join([
+        f"**{judged.sentence}**",
+        f"Refinement's gain in mIoU (refined − coarse, paired): {gain_text(intervals.gain_mIoU)}; "
+        f"in boundary mIoU: {gain_text(intervals.gain_boundary_mIoU)}.",
+        how,
+        "Intervals cover the choice of validation images, not training randomness (run the row with several "
+        "seeds for that); see docs/intervals.md in the project.",
+    ])
 
 
 def recipe_table(row: RowConfig, checkpoint: str | os.PathLike | None = None) -> pd.DataFrame:
@@ -313,13 +426,41 @@ def _pick_run(runs: pd.DataFrame, row: str) -> pd.Series | None:
     return chosen.iloc[-1]
 
 
+def _seeds(runs: pd.DataFrame, run: pd.Series) -> str:
+    """Mean and spread of the refined mIoU over every run of the row on the same images (several seeds):
+    '3 runs: mean 68.10, sd 0.25, 67.80–68.35'; '1 run' when there is only the one shown."""
+    same = runs[(runs["row"] == run["row"]) & (runs["eval_images"].fillna(-1) == (
+        -1 if pd.isna(run["eval_images"]) else run["eval_images"]))]
+    values = same["miou_refined"].dropna().to_numpy(dtype=float)
+    if len(values) < 2:
+        return "1 run"
+    return (f"{len(values)} runs: mean {values.mean():.2f}, sd {values.std(ddof=1):.2f}, "
+            f"{values.min():.2f}–{values.max():.2f}")
+
+
+def _interval_cells(run: pd.Series, published: Any) -> list[str]:
+    """The "95 % interval", "verdict" and "gain refined − coarse" cells of one run."""
+    intervals: RunIntervals | None = run["intervals"]
+    refined = intervals.refined_mIoU if intervals is not None else None
+    judged = "—" if published == "—" else verdict(refined, published).text
+    if intervals is None:
+        gain = f"{run['miou_refined'] - run['miou_coarse']:+.2f} ({NO_INTERVAL})"
+    else:
+        gain = gain_text(intervals.gain_mIoU)
+    return [_interval_cell(refined), judged, gain]
+
+
 def results_table(runs_dir: str | os.PathLike) -> pd.DataFrame:
     """The model-zoo table: index = every `ROWS` name in order, then every other row that has a run (a row's
     recipe on another dataset, `config.on_dataset`), columns `TABLE_COLUMNS`.
 
     Measured cells are floats rounded to 2 decimals (percent), or NOT_RUN when the row has no run.json.
     The difference is reproduced (refined) minus published mIoU; "—" where nothing was published (demo,
-    other datasets).
+    other datasets). "95 % interval" is the refined mIoU's bootstrap interval over the validation images;
+    "verdict" says reproduced (the published value lies inside it), or below / above with the difference and
+    its interval; "gain refined − coarse" is the paired interval of the refinement's gain, significant only
+    when it excludes zero; "seeds" the mean and spread over every run of the row on the same images. Runs
+    without recorded counts say "no interval: re-run evaluate" there.
     """
     runs = collect_runs(runs_dir)
     lines = {}
@@ -331,13 +472,18 @@ def results_table(runs_dir: str | os.PathLike) -> pd.DataFrame:
         if run is None:
             lines[name] = [published] + [NOT_RUN] * (len(TABLE_COLUMNS) - 1)
             continue
+        interval, judged, gain = _interval_cells(run, published)
         lines[name] = [
             published,
             round(run["miou_refined"], 2),
+            interval,
+            judged,
             "—" if published == "—" else round(run["miou_refined"] - published, 2),
             round(run["miou_coarse"], 2),
+            gain,
             round(run["boundary_iou_refined"], 2),
             round(run["boundary_iou_coarse"], 2),
+            _seeds(runs, run),
             format_duration(run["train_seconds"]),
             run["hardware"] or "—",
             _source(run),
