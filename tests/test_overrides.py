@@ -109,3 +109,17 @@ def test_a_folder_dataset_trains_and_evaluates_at_the_overridden_sizes(shapes, t
     assert main([*args[:-1], "--max-iters", "4", "--resume", "--set", "eval.flip=true"]) == 0
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0}).Reload()
     assert [e.step for e in events.Scalars("loss/total")] == [1, 2, 3, 4]  # the same curve, no step twice
+
+
+def test_a_run_with_overrides_is_shown_beside_its_row_never_as_it(tmp_path) -> None:
+    from pointrend_core.workbook.tables import results_table
+
+    metrics = {name: {"mIoU": value, "boundary_mIoU": value - 10} for name, value in (("refined", 70.0), ("coarse", 65.0))}
+    for folder, overrides in (("pointrend_r50_voc+1a2b3c", ["data.crop_size=384,384"]),):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "run.json").write_text(json.dumps(
+            {"row": "pointrend_r50_voc", "metrics": metrics, "config": {"overrides": overrides}}))
+    table = results_table(tmp_path)
+    assert table.loc["pointrend_r50_voc", "reproduced mIoU (refined)"] == "not run"  # not the published row's run
+    line = table.loc["pointrend_r50_voc [data.crop_size=384,384]"]
+    assert line["reproduced mIoU (refined)"] == 70.0 and line["published mIoU"] == "—" and line["verdict"] == "—"

@@ -57,8 +57,10 @@ RUN_COLUMNS = [
     "inference",
     "finished",
     "intervals",
+    "overrides",
 ]
-"""Columns of `collect_runs` ("intervals": the run's `RunIntervals`, None when it has none)."""
+"""Columns of `collect_runs` ("intervals": the run's `RunIntervals`, None when it has none; "overrides": the
+`--set` changes of its recipe, a tuple, empty for the recipe itself)."""
 
 TABLE_COLUMNS = [
     "published mIoU",
@@ -114,6 +116,7 @@ def run_summary(run: RunRecord, path: str | os.PathLike) -> dict[str, Any]:
         "inference": inference_label(run),
         "finished": run.environment.get("date"),
         "intervals": run_intervals(run, Path(path).parent),
+        "overrides": tuple((run.config or {}).get("overrides") or ()),
     }
 
 
@@ -427,10 +430,11 @@ def _pick_run(runs: pd.DataFrame, row: str) -> pd.Series | None:
 
 
 def _seeds(runs: pd.DataFrame, run: pd.Series) -> str:
-    """Mean and spread of the refined mIoU over every run of the row on the same images (several seeds):
+    """Mean and spread of the refined mIoU over every run of the row, with the same overrides, on the same
+    images (several seeds):
     '3 runs: mean 68.10, sd 0.25, 67.80–68.35'; '1 run' when there is only the one shown."""
-    same = runs[(runs["row"] == run["row"]) & (runs["eval_images"].fillna(-1) == (
-        -1 if pd.isna(run["eval_images"]) else run["eval_images"]))]
+    same = runs[(runs["row"] == run["row"]) & (runs["overrides"] == run["overrides"]) & (
+        runs["eval_images"].fillna(-1) == (-1 if pd.isna(run["eval_images"]) else run["eval_images"]))]
     values = same["miou_refined"].dropna().to_numpy(dtype=float)
     if len(values) < 2:
         return "1 run"
@@ -463,33 +467,41 @@ def results_table(runs_dir: str | os.PathLike) -> pd.DataFrame:
     without recorded counts say "no interval: re-run evaluate" there.
     """
     runs = collect_runs(runs_dir)
+    recipe = runs[runs["overrides"].map(len) == 0]  # a run with overrides is never the published row's
     lines = {}
-    others = sorted(set(runs["row"]) - set(ROWS))
+    others = sorted(set(recipe["row"]) - set(ROWS))
     for name in [*ROWS, *others]:
         cfg = ROWS.get(name)
         published = "—" if cfg is None or cfg.published_miou is None else cfg.published_miou
-        run = _pick_run(runs, name)
+        run = _pick_run(recipe, name)
         if run is None:
             lines[name] = [published] + [NOT_RUN] * (len(TABLE_COLUMNS) - 1)
             continue
-        interval, judged, gain = _interval_cells(run, published)
-        lines[name] = [
-            published,
-            round(run["miou_refined"], 2),
-            interval,
-            judged,
-            "—" if published == "—" else round(run["miou_refined"] - published, 2),
-            round(run["miou_coarse"], 2),
-            gain,
-            round(run["boundary_iou_refined"], 2),
-            round(run["boundary_iou_coarse"], 2),
-            _seeds(runs, run),
-            format_duration(run["train_seconds"]),
-            run["hardware"] or "—",
-            _source(run),
-        ]
+        lines[name] = _table_line(runs, run, published)
+    for _, run in runs[runs["overrides"].map(len) > 0].iterrows():  # beside the row, with what was changed
+        lines[f"{run['row']} [{'; '.join(run['overrides'])}]"] = _table_line(runs, run, "—")
     for path, reason in runs.attrs.get("unreadable", []):  # named, with the reason, instead of stopping the table
         lines[f"{Path(path).parent.name} (unreadable)"] = ["—"] * (len(TABLE_COLUMNS) - 1) + [f"{path}: {reason}"]
     table = pd.DataFrame.from_dict(lines, orient="index", columns=TABLE_COLUMNS)
     table.index.name = "row"
     return table
+
+
+def _table_line(runs: pd.DataFrame, run: pd.Series, published: Any) -> list[Any]:
+    """One run's cells of `results_table` (`published`: the row's published mIoU, or "—")."""
+    interval, judged, gain = _interval_cells(run, published)
+    return [
+        published,
+        round(run["miou_refined"], 2),
+        interval,
+        judged,
+        "—" if published == "—" else round(run["miou_refined"] - published, 2),
+        round(run["miou_coarse"], 2),
+        gain,
+        round(run["boundary_iou_refined"], 2),
+        round(run["boundary_iou_coarse"], 2),
+        _seeds(runs, run),
+        format_duration(run["train_seconds"]),
+        run["hardware"] or "—",
+        _source(run),
+    ]
