@@ -29,7 +29,7 @@ import torch
 from pointrend_core.checks import non_negative_int, positive_int
 from pointrend_core.config import DATASETS, RowConfig, default_run_dir, get_row, on_dataset
 from pointrend_core.data.demo import demo_parameters, make_demo_dataset
-from pointrend_core.data.validate import check_dataset_report
+from pointrend_core.data.validate import check_dataset_report, resolution_note
 from pointrend_core.data.voc_aug import prepare_voc_aug
 from pointrend_core.engine.distributed import launched_rank, start_processes, stop_processes
 from pointrend_core.engine.evaluate import default_evaluation_folder, evaluate_run
@@ -192,6 +192,14 @@ def run_evaluate(row: RowConfig, args: argparse.Namespace) -> int:
         retain_freed_memory()
     out = RunFolder(args.out or default_evaluation_folder(row, args.checkpoint, args.data_root, args.split,
                                                           args.max_images, args.precision))
+    if processes.is_main:
+        try:
+            note = resolution_note(row.data.dataset(row.data.resolve_root(args.data_root),
+                                                   args.split or row.data.val_split), row.data.base_size)
+        except (OSError, ValueError):
+            note = None  # evaluate_run reports a dataset that cannot be opened
+        if note is not None:
+            print(note, file=sys.stderr)
     try:
         with out.hold() if processes.is_main else nullcontext():
             record = evaluate_run(row, args.checkpoint, args.data_root, out, device=processes.device,

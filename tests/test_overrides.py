@@ -123,3 +123,14 @@ def test_a_run_with_overrides_is_shown_beside_its_row_never_as_it(tmp_path) -> N
     assert table.loc["pointrend_r50_voc", "reproduced mIoU (refined)"] == "not run"  # not the published row's run
     line = table.loc["pointrend_r50_voc [data.crop_size=384,384]"]
     assert line["reproduced mIoU (refined)"] == 70.0 and line["published mIoU"] == "—" and line["verdict"] == "—"
+
+
+def test_a_test_size_far_below_the_images_is_said_once(tmp_path, capsys) -> None:
+    big = write_folder_tree(tmp_path / "big", num_images=3, size=(600, 800), splits={"train": [0, 1], "val": [2]})
+    args = ["train", "--config", "demo", "--dataset", "folder", "--data-root", str(big), "--out", str(tmp_path / "r"),
+            *FAST, "--max-iters", "1", "--set", "data.crop_size=64,64"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert err.count("note: the images of") == 1
+    assert ("are about 800 x 600 pixels, but the recipe tests at base_size 256 x 256 (long x short side), less than "
+            "half their size; to segment them at their own resolution pass --set data.base_size=800,600") in err

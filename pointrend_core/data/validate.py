@@ -110,6 +110,22 @@ def check_before_training(train: SegmentationDataset, layout: type[SegmentationD
     return dataset_warnings(splits)
 
 
+def resolution_note(dataset: SegmentationDataset, base_size: Sequence[int]) -> str | None:
+    """A sentence when the recipe's test size (`base_size`, long and short side) is less than half the size of
+    the dataset's first image: PointRend would then refine a map far coarser than the images it is used on."""
+    try:
+        height, width = dataset.load_image(0).shape[-2:]
+    except (OSError, ValueError):
+        return None  # reported where it matters: by the loader and by check-data
+    long_side, short_side = max(height, width), min(height, width)
+    if long_side < 2 * base_size[0] and short_side < 2 * base_size[1]:
+        return None
+    return (f"note: the images of {dataset.root} are about {width} x {height} pixels, but the recipe tests at "
+            f"base_size {base_size[0]} x {base_size[1]} (long x short side), less than half their size; to segment "
+            f"them at their own resolution pass --set data.base_size={long_side},{short_side} (and a larger "
+            "data.crop_size for training); see docs/own-data.md")
+
+
 def _some(ids: Sequence[str], show: int = 5) -> str:
     return ", ".join(ids[:show]) + (f", ... ({len(ids) - show} more)" if len(ids) > show else "")
 
@@ -211,4 +227,4 @@ def _map(fn: Callable[[int], list[str]], items: list[int], workers: int) -> Iter
 
 
 __all__ = ["check_dataset", "check_dataset_report", "check_sample", "check_before_training", "dataset_warnings",
-           "DatasetCheck"]
+           "resolution_note", "DatasetCheck"]

@@ -50,7 +50,7 @@ from pointrend_core.data.loading import (
     worker_error_message,
 )
 from pointrend_core.data.transforms import train_transforms
-from pointrend_core.data.validate import check_before_training
+from pointrend_core.data.validate import check_before_training, resolution_note
 from pointrend_core.engine.distributed import Processes, place_for_training, start_processes, stop_processes, unwrap
 from pointrend_core.engine.evaluate import evaluate_run
 from pointrend_core.engine.precision import inference_precision
@@ -145,6 +145,9 @@ def _train(
     dataset = row.data.dataset(root, row.data.train_split, transforms=train_transforms(row.data))
     for warning in check_before_training(dataset, row.data.dataset, row.data.val_split):
         _log(processes, f"warning: {warning}")
+    note = resolution_note(dataset, row.data.base_size)
+    if note is not None:
+        _log(processes, note)
     steps_per_epoch = iters_per_epoch(len(dataset), processes.world_size, per_process_batch)
     if steps_per_epoch == 0:
         raise ValueError(
