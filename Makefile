@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ROWS ?= demo
 
-.PHONY: install demo test benchmarks lab clean-reports
+.PHONY: install demo test benchmarks lab tensorboard clean-reports
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ benchmarks: install
 # Containers often run as root, where JupyterLab refuses to start without --allow-root.
 lab: install
 	$(VENV)/bin/jupyter lab notebooks/ $$(test "$$(id -u)" = 0 && echo --allow-root)
+
+# Training curves of one run (or of every run: RUN=runs) while it trains: http://localhost:6006
+RUN ?= runs
+tensorboard: install
+	$(VENV)/bin/tensorboard --logdir $(RUN) --host 127.0.0.1
 
 clean-reports:
 	rm -rf reports/*.html runs/

@@ -202,3 +202,16 @@ def test_write_index_html(tmp_path: Path, runs_dir: Path) -> None:
     assert 'href="pointrend_r50_voc.html"' not in text  # never link a report that was not written
     assert read_statuses(runs_dir)["demo"].ok  # statuses on disk are merged with the given ones
     assert [p.name for p in reports.iterdir() if p.name.startswith(".")] == []  # no temporary left behind
+
+
+def test_a_run_trained_but_not_evaluated_says_how_to_evaluate_it(tmp_path: Path) -> None:
+    from pointrend_core.engine.records import TrainRecord
+
+    folder = tmp_path / "demo"
+    folder.mkdir()
+    TrainRecord(row="demo", iterations=360).write(folder / "train.json")
+    (folder / "checkpoint_final.pth").write_bytes(b"weights")
+    line = results_table(tmp_path).loc["demo"]
+    assert line["reproduced mIoU (refined)"] == NOT_RUN
+    assert line["source"] == ("trained (360 iterations), not evaluated: python -m pointrend_core evaluate --config demo "
+                              f"--checkpoint {folder / 'checkpoint_final.pth'}")

@@ -475,7 +475,7 @@ def results_table(runs_dir: str | os.PathLike) -> pd.DataFrame:
         published = "—" if cfg is None or cfg.published_miou is None else cfg.published_miou
         run = _pick_run(recipe, name)
         if run is None:
-            lines[name] = [published] + [NOT_RUN] * (len(TABLE_COLUMNS) - 1)
+            lines[name] = [published] + [NOT_RUN] * (len(TABLE_COLUMNS) - 2) + [_not_evaluated(Path(runs_dir) / name)]
             continue
         lines[name] = _table_line(runs, run, published)
     for _, run in runs[runs["overrides"].map(len) > 0].iterrows():  # beside the row, with what was changed
@@ -485,6 +485,19 @@ def results_table(runs_dir: str | os.PathLike) -> pd.DataFrame:
     table = pd.DataFrame.from_dict(lines, orient="index", columns=TABLE_COLUMNS)
     table.index.name = "row"
     return table
+
+
+def _not_evaluated(run_dir: Path) -> str:
+    """The source cell of a row without run.json: what its folder holds and the command that evaluates it."""
+    folder = RunFolder(run_dir)
+    try:
+        training = folder.read_training()
+    except ValueError:
+        training = None
+    if training is None or not folder.final_checkpoint.is_file():
+        return NOT_RUN
+    return (f"trained ({training.iterations} iterations), not evaluated: python -m pointrend_core evaluate "
+            f"--config {training.row} --checkpoint {folder.final_checkpoint}")
 
 
 def _table_line(runs: pd.DataFrame, run: pd.Series, published: Any) -> list[Any]:
