@@ -49,13 +49,14 @@ def as_rgb_tensor(image: ImageLike) -> Tensor:
     if isinstance(image, (str, os.PathLike)):
         return read_image(image)
     if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
+        image = np.array(image.convert("RGB"))
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
             raise ValueError(f"expected a uint8 numpy image (H, W, 3) RGB or (H, W) grey, got {image.dtype} "
                              f"shape {image.shape}")
         image = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous()
+        # A copy: the caller's array may be read-only (torch warns) or change after the call.
+        return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).contiguous()
     if isinstance(image, Tensor):
         if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"expected a uint8 tensor (3, H, W) RGB, got {image.dtype} shape {tuple(image.shape)}")
