@@ -18,7 +18,11 @@
    - `fast fp32`, `fast fp32+compile`, `fast bf16`, `fast bf16+compile`: `prepare_for_inference(model,
      precision, compile)` (model/inference.py: BatchNorm folded, channels-last, inference_mode, the faster
      exact subdivision; compile = inductor with freezing, of the feature extractor only): what `evaluate`,
-     the notebooks and the sweeps run (`engine.evaluate.inference_model`).
+     the notebooks and the sweeps run (`engine.evaluate.inference_model`);
+   - `onnxruntime fp32`: the model exported by `deploy.onnx.export_onnx` (every subdivision point in the graph,
+     dynamic H and W; exported once per row, outside the timing) run by ONNX Runtime's CPU provider with all
+     graph optimisations, what `predict --onnx` runs. It has no stages (one `total`), and its point choices
+     are not recorded ("points reselected" is left empty).
    Time per stage (backbone, FPN, coarse head, each subdivision step; a compiled path has one `features`
    stage), and the end-to-end call (`total`), medians of `--repeats` runs after `--warmup` runs, the paths
    interleaved run by run so that a load spike hits them alike. FLOPs of the forward are counted with
@@ -57,6 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pointrend_core.checkpoints import load_checkpoint  # noqa: E402
 from pointrend_core.config import get_row  # noqa: E402
 from pointrend_core.model import PointRend, build_model, fuse_for_inference  # noqa: E402
+from pointrend_core.deploy.onnx import OnnxModel, export_onnx  # noqa: E402
 from pointrend_core.model.inference import (  # noqa: E402
     InferenceModel,
     cpu_has_fast_bf16,
@@ -64,7 +69,8 @@ from pointrend_core.model.inference import (  # noqa: E402
     retain_freed_memory,
 )
 
-PATHS = ["eager fp32", "fast fp32", "fast fp32+compile", "fast bf16", "fast bf16+compile"]
+ONNX = "onnxruntime fp32"
+PATHS = ["eager fp32", "fast fp32", "fast fp32+compile", "fast bf16", "fast bf16+compile", ONNX]
 EAGER = "eager fp32"
 
 
@@ -146,15 +152,22 @@ def calibrate_batchnorm(model: PointRend, seed: int = 0) -> None:
                 m.weight.uniform_(0.2, 0.5, generator=generator)
 
 
-def make_path(model: PointRend, name: str) -> PointRend | InferenceModel:
+def make_path(model: PointRend, name: str, row_name: str = "pointrend_r50_voc") -> PointRend | InferenceModel | OnnxModel:
     if name == EAGER:
         return model.eval()
+    if name == ONNX:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:  # the session holds the graph: the file can go
+            return OnnxModel(export_onnx(model, get_row(row_name), Path(folder) / "model.onnx"))
     precision = name.split()[1].split("+")[0]
     return prepare_for_inference(model, precision, compile=name.endswith("+compile"))  # type: ignore[arg-type]
 
 
-def call(net: PointRend | InferenceModel, images: Tensor, **kwargs):
+def call(net: PointRend | InferenceModel | OnnxModel, images: Tensor, **kwargs):
     """One forward as `engine.evaluate.predict` makes it (inference_mode; the fast path applies its own)."""
+    if isinstance(net, OnnxModel):
+        return net(images)  # no recorded steps: ONNX Runtime returns the two outputs only
     with torch.inference_mode():
         return net(images, **kwargs)
 
@@ -162,6 +175,10 @@ def call(net: PointRend | InferenceModel, images: Tensor, **kwargs):
 def staged(net: PointRend | InferenceModel, images: Tensor) -> dict[str, float]:
     """Wall seconds per stage of one forward (CPU: no synchronisation needed)."""
     times: dict[str, float] = {}
+    if isinstance(net, OnnxModel):
+        start = time.perf_counter()
+        net(images)
+        return {"total": time.perf_counter() - start}
 
     def timed(name: str, fn: Callable, *args):
         start = time.perf_counter()
@@ -228,7 +245,7 @@ def count_flops(model: PointRend, images: Tensor) -> dict[str, int]:
 
 
 def agreement(out, reference) -> dict[str, float]:
-    reselected = sum(
+    reselected = math.nan if not out.steps else sum(
         len(set(a.point_indices[0].tolist()) ^ set(b.point_indices[0].tolist())) // 2
         for a, b in zip(out.steps, reference.steps)
     )
@@ -264,7 +281,7 @@ def measure_size(row_name: str, size: tuple[int, int], paths: list[str], repeats
     compile_seconds = {}
     for name in paths:
         started = time.perf_counter()
-        nets[name] = make_path(model, name)
+        nets[name] = make_path(model, name, row_name)
         call(nets[name], images)  # the first call compiles
         compile_seconds[name] = time.perf_counter() - started
         for _ in range(warmup):
@@ -302,8 +319,10 @@ def measure_size(row_name: str, size: tuple[int, int], paths: list[str], repeats
             "% fp32 GEMM same round": 100 * statistics.median(
                 flops["total"] / t / 1e9 / r for t, r in zip(totals[name], round_rates)),
             "round GEMM GFLOP/s": f"{min(round_rates):.0f}-{max(round_rates):.0f}",
-            "subdiv share %": 100 * stages["subdivision"] / stages.drop(["subdivision", "features"]).sum()
+            "subdiv share %": math.nan if "subdivision" not in stages
+            else 100 * stages["subdivision"] / stages.drop(["subdivision", "features"]).sum()
             if "backbone" in stages else 100 * stages["subdivision"] / (stages["features"] + stages["subdivision"]),
+            "images/s": 1 / total,
             "first call s": compile_seconds[name],
         }
         if reference is not None:
@@ -470,6 +489,15 @@ def targets(tables: pd.DataFrame, acc: pd.DataFrame | None, rates: dict[str, flo
             rows.append({"target": "bf16 demo mIoU within 0.1 (pp) of fp32 eager", "best path": r.path,
                          "measured": f"{r['d mIoU']:+.3f} pp (boundary {r['d boundary mIoU']:+.3f})",
                          "met": abs(r["d mIoU"]) <= 0.1})
+    for size in sorted(set(tables["size"])):
+        onnx = tables[(tables["size"] == size) & (tables.path == ONNX)]
+        fast = tables[(tables["size"] == size) & (tables.path == "fast fp32")]
+        if not onnx.empty and not fast.empty:
+            ratio = fast["total ms"].item() / onnx["total ms"].item()
+            rows.append({"target": f"onnxruntime at least as fast as fast fp32 at {size}", "best path": ONNX,
+                         "measured": f"{ratio:.2f}x fast fp32's speed ({1000 / onnx['total ms'].item():.2f} "
+                                     f"against {1000 / fast['total ms'].item():.2f} images/s)",
+                         "met": ratio >= 1.0})
     part = tables[(tables["size"] == "1024x2048") & tables.path.str.startswith("fast")]
     for _, r in part.iterrows():
         rows.append({"target": "subdivision < 10 % of total at 1024x2048", "best path": r.path,
@@ -533,18 +561,19 @@ def main(argv: list[str] | None = None) -> dict[str, pd.DataFrame]:
     print_table(f"{args.row}, batch 1: time per stage (median of {args.repeats}), ms",
                 tables[["size", "path", *[c for c in tables.columns if c.endswith(" ms")], "first call s"]],
                 {**time_formats, "first call s": "{:.1f}"})
-    rate_columns = ["size", "path", "GFLOP", "GFLOP/s", "% own GEMM", "% fp32 GEMM", "% fp32 GEMM same round",
+    rate_columns = ["size", "path", "images/s", "GFLOP", "GFLOP/s", "% own GEMM", "% fp32 GEMM", "% fp32 GEMM same round",
                     "round GEMM GFLOP/s", "speed-up vs eager",
                     "subdiv share %", "refined agree", "coarse agree", "points reselected"]
     print_table("throughput and agreement with eager fp32", tables[[c for c in rate_columns if c in tables]],
-                {"GFLOP": "{:.1f}", "GFLOP/s": "{:.0f}", "% own GEMM": "{:.0f}", "% fp32 GEMM": "{:.0f}",
+                {"images/s": "{:.3f}", "GFLOP": "{:.1f}", "GFLOP/s": "{:.0f}", "% own GEMM": "{:.0f}", "% fp32 GEMM": "{:.0f}",
                  "% fp32 GEMM same round": "{:.0f}",
                  "speed-up vs eager": "{:.2f}", "subdiv share %": "{:.1f}", "refined agree": "{:.5f}",
                  "coarse agree": "{:.5f}"})
 
     acc = None
     if args.checkpoint is not None:
-        accuracy_paths = paths + [p for p in ("fast bf16",) if p not in paths]  # accuracy holds on any CPU
+        accuracy_paths = [p for p in paths if p != ONNX] + [p for p in ("fast bf16",) if p not in paths]  # any CPU
+        # (`evaluate` runs torch modules; predict --onnx is checked against torch by tests/test_onnx_export.py.)
         acc = accuracy(args.checkpoint_row, args.checkpoint, args.data_root, accuracy_paths, args.max_images)
         results["accuracy"] = acc
         print_table("accuracy per path (%, refined and coarse) and difference to eager fp32 (pp)", acc,

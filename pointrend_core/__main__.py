@@ -7,6 +7,8 @@
     python -m pointrend_core check-data --dataset voc --root data/VOCdevkit/VOC2012
     python -m pointrend_core prepare-voc-aug --voc VOCdevkit/VOC2012 --sbd benchmark_RELEASE/dataset
     python -m pointrend_core make-demo-data --out data/demo
+    python -m pointrend_core predict --run runs/demo --input photos/ --out masks/ [--overlay]
+    python -m pointrend_core export --format onnx --run runs/demo --out demo.onnx
 
 Each subcommand is a thin call of the library function of the same job (`engine.train.train`,
 `engine.evaluate.evaluate_run`, `data.validate.check_dataset`, `data.voc_aug.prepare_voc_aug`, `data.demo.make_demo_dataset`); the notebooks
@@ -119,7 +121,58 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--overwrite", action="store_true",
                       help="replace a demo dataset made with another --num-images or --seed")
     demo.add_argument("--seed", type=_non_negative_int, default=0)
+
+    predict = commands.add_parser("predict", help="masks for new images with a trained model (docs/deploy.md)")
+    _model_source_arguments(predict)
+    predict.add_argument("--onnx", type=Path, help="an exported ONNX file, run in ONNX Runtime (no torch model)")
+    predict.add_argument("--input", required=True, type=Path,
+                         help="an image, a folder (searched recursively for JPEG/PNG/TIFF) or a list file (.txt)")
+    predict.add_argument("--out", required=True, type=Path, help="folder of <stem>.png class-index palette PNGs")
+    predict.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.jpg (image and colours 50/50)")
+    predict.add_argument("--coarse", action="store_true", help="the coarse head's masks alone (for comparison)")
+    predict.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    predict.add_argument("--eager", action="store_true", help="run the plain model instead of the fast path")
+    predict.add_argument("--batch-size", type=_positive_int, default=1, help="images per forward pass (default 1)")
+    predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    predict.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    export = commands.add_parser("export", help="export a trained model to ONNX, checked in ONNX Runtime")
+    _model_source_arguments(export)
+    export.add_argument("--format", choices=("onnx",), default="onnx", help="output format (onnx)")
+    export.add_argument("--out", required=True, type=Path, help="the file to write, e.g. model.onnx")
+    export.add_argument("--opset", type=_positive_int, default=18, help="ONNX opset (default 18)")
+    export.add_argument("--check-size", type=_positive_int, nargs=2, action="append", metavar=("H", "W"),
+                        help="input size to compare with torch (repeatable; default 37x53, 255x321, 1031x2053)")
+    export.add_argument("--no-check", action="store_true", help="skip the comparison in ONNX Runtime")
     return parser
+
+
+def _model_source_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", type=Path, help="a run folder: its recorded row and checkpoint_final.pth")
+    parser.add_argument("--config", help="table row name (with --checkpoint), e.g. pointrend_r50_voc")
+    parser.add_argument("--checkpoint", type=Path, help="weights of --config")
+    parser.add_argument("--dataset", choices=tuple(DATASETS), help="with --config: the dataset the row was trained on")
+    parser.add_argument("--data-root", type=Path, help="with --dataset folder: the folder holding classes.txt")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", dest="overrides",
+                        help="change a field of the row (e.g. data.base_size=1024,768, eval.flip=true)")
+
+
+def _model_source(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
+    """The model source of predict/export as `deploy.load_predictor` takes it: the run folder, or the row
+    (--config with --dataset, or the run's own row) with every --set applied, and its checkpoint."""
+    run, row, checkpoint = args.run, None, args.checkpoint
+    if args.config is not None:
+        try:
+            row = on_dataset(get_row(args.config), args.dataset, args.data_root)
+        except KeyError as error:
+            parser.error(str(error.args[0]))
+    elif run is not None and args.overrides:
+        from pointrend_core.deploy.rows import run_row_and_checkpoint
+
+        (row, checkpoint), run = run_row_and_checkpoint(run), None
+    if row is not None:
+        row = apply_overrides(row, args.overrides)
+    return {"run": run, "row": row, "checkpoint": checkpoint}
 
 
 def _row_arguments(parser: argparse.ArgumentParser) -> None:
@@ -269,6 +322,33 @@ def _stopped_message(args: argparse.Namespace, signum: int) -> str:
     return f"{line}; run the same command again"
 
 
+def run_predict(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from pointrend_core.deploy import load_predictor, predict_files
+    from pointrend_core.deploy.images import list_inputs
+
+    images = list_inputs(args.input)
+    predictor = load_predictor(**_model_source(parser, args), onnx=args.onnx, device=args.device,
+                               **({} if args.onnx else {"fast": not args.eager}))
+    summary = predict_files(predictor, images, args.out, overlay=args.overlay, coarse=args.coarse,
+                            batch_size=args.batch_size, overwrite=args.overwrite, progress=not args.no_progress)
+    print(summary.describe(args.out))
+    return 1 if summary.skipped else 0
+
+
+def run_export(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from pointrend_core.deploy import OnnxModel, check_agreement, export_onnx, load_predictor
+    from pointrend_core.deploy.onnx import DEFAULT_CHECK_SIZES
+
+    predictor = load_predictor(**_model_source(parser, args), device="cpu", fast=False)
+    path = export_onnx(predictor.network, predictor.row, args.out, args.opset)
+    print(f"wrote {path} ({predictor.row.name}, opset {args.opset})")
+    if not args.no_check:
+        sizes = [tuple(size) for size in args.check_size] if args.check_size else DEFAULT_CHECK_SIZES
+        for agreement in check_agreement(predictor.network, OnnxModel(path), sizes):
+            print(f"onnxruntime vs torch at {agreement.describe()}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int:
     """Parse `argv` (default sys.argv[1:]) and run the subcommand; returns the exit code. `own_process`: the
     process runs only this command (`python -m pointrend_core`), so process-wide settings are allowed."""
@@ -294,6 +374,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             return run_check_data(args)
         if args.command == "prepare-voc-aug":
             return run_prepare_voc_aug(args)
+        if args.command == "predict":
+            return run_predict(parser, args)
+        if args.command == "export":
+            return run_export(parser, args)
         return run_make_demo_data(args)
     except (ValueError, OSError, NonFiniteLossError) as error:
         # These errors already name the file or value and what was expected; other exceptions keep their
