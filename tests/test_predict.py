@@ -21,8 +21,10 @@ from pointrend_core.deploy.images import list_inputs
 from pointrend_core.engine.evaluate import evaluate_run
 from pointrend_core.engine.metrics import ConfusionMatrix
 from pointrend_core.engine.records import TrainRecord, config_json
-from pointrend_core.engine.state import FINAL_CHECKPOINT
+from pointrend_core.engine.run_folder import RunFolder
 from pointrend_core.model import build_model
+
+FINAL_CHECKPOINT = RunFolder.FINAL_CHECKPOINT
 
 # The demo row at a 64-pixel test size: the same pipeline, 16x fewer pixels than its 256 x 256.
 ROW = replace(ROWS["demo"], data=replace(ROWS["demo"].data, base_size=(64, 64)))

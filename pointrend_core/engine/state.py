@@ -123,6 +123,12 @@ class TrainState:
                              "recipe's length")
         if self.row != row:
             raise ValueError(f"{path} was written for row {self.row!r}, not {row!r}")
+        if int(self.world_size) != world_size or int(self.per_process_batch) != per_process_batch:
+            raise ValueError(
+                f"{path} was written by {self.world_size} processes x batch {self.per_process_batch}; "
+                f"this run has {world_size} x {per_process_batch}. Resume with the same process count and "
+                "batch size (the data order depends on them)"
+            )
         changed = recipe_changes(self.recipe, recipe) if self.recipe is not None and recipe is not None else []
         if changed:
             raise ValueError(
@@ -130,12 +136,6 @@ class TrainState:
                 + "; ".join(f"{name}={_text(old)} (not {_text(new)})" for name, old, new in changed)
                 + ". Drop the override that changes it (or --set it to the run's value), or start a new run "
                 "(--overwrite, or another --out)")
-        if int(self.world_size) != world_size or int(self.per_process_batch) != per_process_batch:
-            raise ValueError(
-                f"{path} was written by {self.world_size} processes x batch {self.per_process_batch}; "
-                f"this run has {world_size} x {per_process_batch}. Resume with the same process count and "
-                "batch size (the data order depends on them)"
-            )
 
 
 UNCHECKED_ON_RESUME = {("data", "default_root"), ("data", "dataset"), ("data", "val_split"),
