@@ -1,4 +1,5 @@
-"""Command line: `python -m pointrend_core train | evaluate | check-data | prepare-voc-aug | make-demo-data ...`.
+"""Command line: `python -m pointrend_core train | evaluate | predict | export | check-data | prepare-voc-aug |
+make-demo-data ...`.
 
     python -m pointrend_core train --config pointrend_r50_voc --data-root data/VOCdevkit/VOC2012 \\
         --pretrained-backbone resnet50_v1c-2cccc1ad.pth --out runs/r50_voc [--resume]
@@ -64,7 +65,17 @@ def _non_negative_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pointrend_core", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train_command(commands)
+    _add_evaluate_command(commands)
+    _add_check_command(commands)
+    _add_voc_aug_command(commands)
+    _add_demo_command(commands)
+    _add_predict_command(commands)
+    _add_export_command(commands)
+    return parser
 
+
+def _add_train_command(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="train a table row (under torchrun: one process per device)")
     _row_arguments(train)
     train.add_argument("--checkpoint", type=Path, help="initial weights for the whole model, strictly (ignored with --resume)")
@@ -89,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--eval-max-images", type=_positive_int, help="evaluate on the first N validation images only")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+
+def _add_evaluate_command(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint; writes <out>/run.json")
     _row_arguments(evaluate)
     evaluate.add_argument("--checkpoint", type=Path, required=True, help="weights to evaluate")
@@ -104,16 +117,22 @@ def build_parser() -> argparse.ArgumentParser:
                           help="torch.compile the feature extractor (the first image and each new size compile)")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+
+def _add_check_command(commands: argparse._SubParsersAction) -> None:
     check = commands.add_parser("check-data", help="report every problem of a dataset folder")
     check.add_argument("--dataset", required=True, choices=tuple(DATASETS), help="layout of the folder")
     check.add_argument("--root", required=True, type=Path, help="dataset root (as the dataset class takes it)")
     check.add_argument("--split", help="split to check (default: every split on disk)")
 
+
+def _add_voc_aug_command(commands: argparse._SubParsersAction) -> None:
     voc_aug = commands.add_parser("prepare-voc-aug", help="build VOC's trainaug split from the VOC2012 and SBD downloads")
     voc_aug.add_argument("--voc", required=True, type=Path, help="the VOC2012 folder (VOCdevkit/VOC2012)")
     voc_aug.add_argument("--sbd", required=True, type=Path, help="SBD's dataset folder (benchmark_RELEASE/dataset)")
     voc_aug.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+
+def _add_demo_command(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser("make-demo-data", help="write the embedded procedural demo dataset")
     demo.add_argument("--out", required=True, type=Path, help="folder to create")
     demo.add_argument("--num-images", type=_positive_int,
@@ -122,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="replace a demo dataset made with another --num-images or --seed")
     demo.add_argument("--seed", type=_non_negative_int, default=0)
 
+
+def _add_predict_command(commands: argparse._SubParsersAction) -> None:
     predict = commands.add_parser("predict", help="masks for new images with a trained model (docs/deploy.md)")
     _model_source_arguments(predict)
     predict.add_argument("--onnx", type=Path, help="an exported ONNX file, run in ONNX Runtime (no torch model)")
@@ -136,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     predict.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+
+def _add_export_command(commands: argparse._SubParsersAction) -> None:
     export = commands.add_parser("export", help="export a trained model to ONNX, checked in ONNX Runtime")
     _model_source_arguments(export)
     export.add_argument("--format", choices=("onnx",), default="onnx", help="output format (onnx)")
@@ -144,7 +167,6 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--check-size", type=_positive_int, nargs=2, action="append", metavar=("H", "W"),
                         help="input size to compare with torch (repeatable; default 37x53, 255x321, 1031x2053)")
     export.add_argument("--no-check", action="store_true", help="skip the comparison in ONNX Runtime")
-    return parser
 
 
 def _model_source_arguments(parser: argparse.ArgumentParser) -> None:

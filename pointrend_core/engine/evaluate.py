@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
@@ -427,44 +427,43 @@ def evaluate_run(
         model, dataset, row.eval, device, num_classes,
         precision=precision, compile=compile, progress=progress, max_images=max_images, workers=workers,
     )
-    refined = _output_metrics(result.refined, result.refined_boundary, classes)
-    coarse = _output_metrics(result.coarse, result.coarse_boundary, classes)
-    record = RunRecord(
-        row=row.name,
-        config=config_json(row),
-        checkpoint=str(checkpoint) if checkpoint is not None else None,
-        data=DataRecord(
-            dataset=row.data.dataset.__name__,
-            root=str(root),
-            split=split,
-            num_images=result.num_images,
-            dataset_size=len(dataset),
-            max_images=max_images,
-            classes=classes,
-        ),
-        published_mIoU=row.published_miou,
-        metrics=Metrics(refined, coarse),
-        gain_refined_minus_coarse={
-            key: getattr(refined, key) - getattr(coarse, key) for key in ("mIoU", "aAcc", "mAcc", "boundary_mIoU")
-        },
-        delta_refined_minus_published_mIoU=(
-            refined.mIoU - row.published_miou if row.published_miou is not None else None
-        ),
-        timing=TimingRecord(
-            images_per_second=result.images_per_second,
-            seconds=result.seconds,
-            num_images=result.num_images,
-            precision=precision,
-            compiled=compile,
-            eval_mode=row.eval.mode,
-        ),
-        environment=environment(device),
-        training=training,
-        intervals=write_counts_and_intervals(folder.image_counts, result.counts, classes),
-    )
+    intervals = write_counts_and_intervals(folder.image_counts, result.counts, classes)
+    record = _run_record(row, key, checkpoint, root, len(dataset), classes, result, compile, device, training,
+                         intervals)
     if rank_and_world_size()[0] == 0:
         record.write(folder.run_record)
     return record
+
+
+def _run_record(
+    row: RowConfig, key: EvaluationKey, checkpoint: str | None, root: Path, dataset_size: int, classes: Sequence[str],
+    result: EvalResult, compile: bool, device: str | torch.device, training: Any, intervals: Any,
+) -> RunRecord:
+    """The run.json of an evaluation (`key`: what was evaluated; `checkpoint` and `root` as given, for the record)
+    of `row`: metrics in percent, the published number only for the recipe itself (a row with overrides is
+    never compared with it)."""
+    refined = _output_metrics(result.refined, result.refined_boundary, classes)
+    coarse = _output_metrics(result.coarse, result.coarse_boundary, classes)
+    published = row.published_miou if not row.overrides else None
+    return RunRecord(
+        row=row.name,
+        config=config_json(row),
+        checkpoint=str(checkpoint) if checkpoint is not None else None,
+        data=DataRecord(dataset=key.dataset, root=str(root), split=key.split, num_images=result.num_images,
+                        dataset_size=dataset_size, max_images=key.max_images, classes=list(classes)),
+        published_mIoU=published,
+        metrics=Metrics(refined, coarse),
+        gain_refined_minus_coarse={
+            name: getattr(refined, name) - getattr(coarse, name) for name in ("mIoU", "aAcc", "mAcc", "boundary_mIoU")
+        },
+        delta_refined_minus_published_mIoU=refined.mIoU - published if published is not None else None,
+        timing=TimingRecord(images_per_second=result.images_per_second, seconds=result.seconds,
+                            num_images=result.num_images, precision=key.precision, compiled=compile,
+                            eval_mode=row.eval.mode),
+        environment=environment(device),
+        training=training,
+        intervals=intervals,
+    )
 
 
 __all__ = [

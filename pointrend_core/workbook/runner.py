@@ -260,31 +260,13 @@ def run_rows(
     before, not forced) carry `skipped=True`.
     """
     runs_dir, reports_dir = Path(runs_dir), Path(reports_dir)
-    for option, folder in (("runs_dir", runs_dir), ("reports_dir", reports_dir)):
-        if folder.exists() and not folder.is_dir():
-            raise ValueError(f"{option} {folder} is a file; expected a folder (or a new path)")
     notebooks_dir = Path(notebooks_dir) if notebooks_dir is not None else NOTEBOOKS_DIR
-    for name in (TRAIN_EVALUATE, POINT_SELECTION, RESULTS):
-        if not (notebooks_dir / name).is_file():
-            raise FileNotFoundError(
-                f"notebook {notebooks_dir / name} not found; run from a source checkout or pass notebooks_dir"
-            )
-    check_precision(precision, "cuda" if str(device).startswith("cuda") else "cpu")
     parameters = {"max_iters": max_iters, "device": device, **(extra_params or {})}
-    check_counts(parameters)
     if precision != "fp32":  # the notebooks' default; other notebooks (--notebooks-dir) need not declare it
         parameters["precision"] = precision
     if overrides:  # likewise: the notebooks' default is none
         parameters["overrides"] = list(overrides)
-    if released_dir is not None and "checkpoint" in parameters:
-        raise ValueError("give either released_dir (one checkpoint per row) or a checkpoint parameter, not both")
-    declared = {name: declared_parameters(notebooks_dir / name) for name in (TRAIN_EVALUATE, POINT_SELECTION)}
-    unknown = sorted(set(parameters) - set().union(*declared.values()))
-    if unknown:
-        raise ValueError(
-            f"unknown notebook parameter(s) {', '.join(unknown)}; the notebooks declare: "
-            f"{', '.join(sorted(set().union(*declared.values())))}"
-        )
+    declared = _check_request(runs_dir, reports_dir, notebooks_dir, parameters, precision, device, released_dir)
     configs = {row: apply_overrides(on_dataset(get_row(row), dataset, data_root_for(row, data_root)), overrides)
                for row in rows}
 
@@ -301,14 +283,8 @@ def run_rows(
         row_parameters = dict(parameters)
         if released_dir is not None and cfg.release_file is not None:
             row_parameters["checkpoint"] = str(Path(released_dir, cfg.release_file).resolve())
-        row_parameters |= {
-            "config": row,
-            "dataset": dataset,
-            "data_root": str(root.resolve()),
-            "out_dir": str(out_dir.resolve()),
-            "resume": not force,
-            "overwrite": force,
-        }
+        row_parameters |= {"config": row, "dataset": dataset, "data_root": str(root.resolve()),
+                           "out_dir": str(out_dir.resolve()), "resume": not force, "overwrite": force}
         wanted = [(TRAIN_EVALUATE, f"{name}.html")]
         if points if isinstance(points, bool) else row in points or name in points:
             wanted.append((POINT_SELECTION, f"{name}_points.html"))
@@ -320,20 +296,48 @@ def run_rows(
         status = statuses[name] = run_row(cfg, root, out_dir, reports_dir, jobs, progress=progress)
         outcome = "ok" if status.ok else f"FAILED: {status.error}"
         print(f"[workbook] {name}: {outcome} ({status.seconds} s)", flush=True)
+    write_reports(runs_dir, reports_dir, notebooks_dir, statuses, progress)
+    return statuses
 
+
+def _check_request(
+    runs_dir: Path, reports_dir: Path, notebooks_dir: Path, parameters: Mapping[str, Any], precision: Precision,
+    device: str, released_dir: str | os.PathLike | None,
+) -> dict[str, set[str]]:
+    """Everything `run_rows` can refuse before running anything; returns each notebook's declared parameters."""
+    for option, folder in (("runs_dir", runs_dir), ("reports_dir", reports_dir)):
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{option} {folder} is a file; expected a folder (or a new path)")
+    for name in (TRAIN_EVALUATE, POINT_SELECTION, RESULTS):
+        if not (notebooks_dir / name).is_file():
+            raise FileNotFoundError(
+                f"notebook {notebooks_dir / name} not found; run from a source checkout or pass notebooks_dir"
+            )
+    check_precision(precision, "cuda" if str(device).startswith("cuda") else "cpu")
+    check_counts(parameters)
+    if released_dir is not None and "checkpoint" in parameters:
+        raise ValueError("give either released_dir (one checkpoint per row) or a checkpoint parameter, not both")
+    declared = {name: declared_parameters(notebooks_dir / name) for name in (TRAIN_EVALUATE, POINT_SELECTION)}
+    unknown = sorted(set(parameters) - set().union(*declared.values()))
+    if unknown:
+        raise ValueError(
+            f"unknown notebook parameter(s) {', '.join(unknown)}; the notebooks declare: "
+            f"{', '.join(sorted(set().union(*declared.values())))}"
+        )
+    return declared
+
+
+def write_reports(runs_dir: Path, reports_dir: Path, notebooks_dir: Path, statuses: Mapping[str, RowStatus],
+                  progress: bool = True) -> None:
+    """The results report (results.ipynb over every run under `runs_dir`) and reports/index.html; a failing
+    results notebook is said and does not stop the index, which links whatever exists."""
     try:
         with NotebookProgress("all rows", notebooks_dir / RESULTS, runs_dir, enabled=progress) as bar:
-            execute(
-                notebooks_dir / RESULTS,
-                runs_dir / RESULTS,
-                {"runs_dir": str(runs_dir.resolve())},
-                reports_dir / "results.html",
-                progress=bar,
-            )
-    except Exception as err:  # the index still gets written; it links whatever exists
+            execute(notebooks_dir / RESULTS, runs_dir / RESULTS, {"runs_dir": str(runs_dir.resolve())},
+                    reports_dir / "results.html", progress=bar)
+    except Exception as err:
         print(f"[workbook] results report failed: {_error_message(RESULTS, err)}", file=sys.stderr, flush=True)
     write_index_html(reports_dir, runs_dir, statuses)
-    return statuses
 
 
 def _stop_like_ctrl_c_on(*signals: signal.Signals) -> None:
