@@ -5,9 +5,11 @@
     load_checkpoint(model, "pointrend_resnet50os32_voc.pth")
     out = model.eval()(images)      # out.logits (B, C, H, W), out.coarse_logits (B, C, H/4, W/4)
     fast = prepare_for_inference(model, precision="bf16")   # the same outputs, faster (docs/inference.md)
+    masks = Predictor.from_run("runs/demo").predict(image)  # class indices at the image's size (docs/deploy.md)
 
-The layers, bottom to top (each imports only those before it): `labels`, `files` -> `data` -> `config` ->
-`model`, `checkpoints` -> `engine` -> `workbook`. docs/architecture.md draws the data flow.
+The layers, bottom to top (each imports only those before it): `labels`, `files`, `checks`, `interrupts` ->
+`data` -> `config`, `overrides` -> `model`, `checkpoints` -> `engine` -> `deploy`, `workbook`.
+docs/architecture.md draws the data flow.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ _EXPORTS = {
     "InferenceModel": "pointrend_core.model.inference",
     "load_checkpoint": "pointrend_core.checkpoints",
     "save_checkpoint": "pointrend_core.checkpoints",
+    "Predictor": "pointrend_core.deploy",
+    "RunFolder": "pointrend_core.engine.run_folder",
+    "apply_overrides": "pointrend_core.overrides",
 }
 
 __all__ = list(_EXPORTS)

@@ -283,13 +283,9 @@ def evaluate(
     total = len(dataset) if max_images is None else min(len(dataset), max_images)
     indices = list(range(rank, total, world))
     loader = DataLoader(Subset(dataset, indices), batch_size=None, shuffle=False, num_workers=workers)
-    meters = {
-        name: (
-            ConfusionMatrix(num_classes, ignore_index),
-            BoundaryIoU(num_classes, eval_cfg.boundary_dilation_ratio, ignore_index),
-        )
-        for name in ("refined", "coarse")
-    }
+    meters = {name: (ConfusionMatrix(num_classes, ignore_index),
+                     BoundaryIoU(num_classes, eval_cfg.boundary_dilation_ratio, ignore_index))
+              for name in ("refined", "coarse")}
     # Per image (this process's, in `indices` order): (4, 3, C) counts in image_counts.OUTPUTS order.
     image_counts: list[Tensor] = []
     was_training = net.training
@@ -302,13 +298,7 @@ def evaluate(
             image = image.to(device, non_blocking=True)[None]
             mask = mask.to(device)
             refined, coarse = predict(net, image, mask.shape, eval_cfg, subdivision)
-            full, band = [], []
-            for name, logits in (("refined", refined), ("coarse", coarse)):
-                pred = logits.argmax(dim=1)[0]
-                confusion, boundary = meters[name]
-                full.append(class_counts(confusion.update(pred, mask)).cpu())
-                band.append(boundary.update(pred, mask)[0].cpu())
-            image_counts.append(torch.stack(full + band))
+            image_counts.append(_score_image(meters, {"refined": refined, "coarse": coarse}, mask))
     finally:
         net.train(was_training)
     if device.type == "cuda":
@@ -330,6 +320,19 @@ def evaluate(
         images_per_second=total / elapsed if elapsed > 0 else float("nan"),
         counts=counts,
     )
+
+
+def _score_image(meters: dict[str, tuple[ConfusionMatrix, BoundaryIoU]], logits: dict[str, Tensor],
+                 mask: Tensor) -> Tensor:
+    """Add one image's argmax predictions (refined and coarse logits (1, C, H, W)) to the meters; returns its
+    per-class counts (4, 3, C) in `image_counts.OUTPUTS` order (full image, then boundary band)."""
+    full, band = [], []
+    for name in ("refined", "coarse"):
+        pred = logits[name].argmax(dim=1)[0]
+        confusion, boundary = meters[name]
+        full.append(class_counts(confusion.update(pred, mask)).cpu())
+        band.append(boundary.update(pred, mask)[0].cpu())
+    return torch.stack(full + band)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -142,18 +143,7 @@ def _train(
     seed = resumed.sampler_seed if resumed is not None else options.seed  # the data order depends on it
 
     # Data
-    dataset = row.data.dataset(root, row.data.train_split, transforms=train_transforms(row.data))
-    for warning in check_before_training(dataset, row.data.dataset, row.data.val_split):
-        _log(processes, f"warning: {warning}")
-    note = resolution_note(dataset, row.data.base_size)
-    if note is not None:
-        _log(processes, note)
-    steps_per_epoch = iters_per_epoch(len(dataset), processes.world_size, per_process_batch)
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"{root} split {row.data.train_split!r} has {len(dataset)} images: fewer than one batch of "
-            f"{per_process_batch} per process over {processes.world_size} processes"
-        )
+    dataset, steps_per_epoch = _training_data(row, root, processes, per_process_batch)
     run = _Run(row, options, processes, root, folder, seed, per_process_batch, steps_per_epoch,
                max_iters=options.max_iters or row.schedule.epochs * steps_per_epoch)
 
@@ -269,6 +259,24 @@ def _loop(
 
 # --------------------------------------------------------------------------------------------------
 # Setting up
+
+
+def _training_data(row: RowConfig, root: Path, processes: Processes, per_process_batch: int) -> tuple[Any, int]:
+    """(the training split with the recipe's transforms, steps per epoch), after the checks and notes that need
+    no decoding; ValueError when the split holds less than one batch per process."""
+    dataset = row.data.dataset(root, row.data.train_split, transforms=train_transforms(row.data))
+    for warning in check_before_training(dataset, row.data.dataset, row.data.val_split):
+        _log(processes, f"warning: {warning}")
+    note = resolution_note(dataset, row.data.base_size)
+    if note is not None:
+        _log(processes, note)
+    steps_per_epoch = iters_per_epoch(len(dataset), processes.world_size, per_process_batch)
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{root} split {row.data.train_split!r} has {len(dataset)} images: fewer than one batch of "
+            f"{per_process_batch} per process over {processes.world_size} processes"
+        )
+    return dataset, steps_per_epoch
 
 
 def _state_to_resume(

@@ -285,19 +285,23 @@ def run_rows(
             row_parameters["checkpoint"] = str(Path(released_dir, cfg.release_file).resolve())
         row_parameters |= {"config": row, "dataset": dataset, "data_root": str(root.resolve()),
                            "out_dir": str(out_dir.resolve()), "resume": not force, "overwrite": force}
-        wanted = [(TRAIN_EVALUATE, f"{name}.html")]
-        if points if isinstance(points, bool) else row in points or name in points:
-            wanted.append((POINT_SELECTION, f"{name}_points.html"))
-        jobs = [
-            (notebooks_dir / notebook, html_name, {k: v for k, v in row_parameters.items() if k in declared[notebook]})
-            for notebook, html_name in wanted
-        ]
+        with_points = points if isinstance(points, bool) else row in points or name in points
+        jobs = _jobs(notebooks_dir, name, row_parameters, declared, with_points)
         print(f"[workbook] {name}: running", flush=True)
         status = statuses[name] = run_row(cfg, root, out_dir, reports_dir, jobs, progress=progress)
         outcome = "ok" if status.ok else f"FAILED: {status.error}"
         print(f"[workbook] {name}: {outcome} ({status.seconds} s)", flush=True)
     write_reports(runs_dir, reports_dir, notebooks_dir, statuses, progress)
     return statuses
+
+
+def _jobs(notebooks_dir: Path, name: str, parameters: Mapping[str, Any], declared: Mapping[str, set[str]],
+          with_points: bool) -> list[tuple[Path, str, dict[str, Any]]]:
+    """The notebooks of run `name` (train_evaluate, then point_selection when `with_points`): (notebook, report
+    file name, the parameters it declares)."""
+    wanted = [(TRAIN_EVALUATE, f"{name}.html")] + [(POINT_SELECTION, f"{name}_points.html")] * with_points
+    return [(notebooks_dir / notebook, html_name, {k: v for k, v in parameters.items() if k in declared[notebook]})
+            for notebook, html_name in wanted]
 
 
 def _check_request(
