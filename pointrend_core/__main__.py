@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
 
@@ -37,7 +36,7 @@ from pointrend_core.data.voc_aug import prepare_voc_aug
 from pointrend_core.engine.distributed import launched_rank, start_processes, stop_processes
 from pointrend_core.engine.evaluate import default_evaluation_folder, evaluate_run
 from pointrend_core.engine.precision import AMP_DTYPES, OLD_SPELLINGS
-from pointrend_core.engine.run_folder import RunFolder
+from pointrend_core.engine.run_folder import RunFolder, hold_on_main
 from pointrend_core.engine.train import NonFiniteLossError, TrainingInterrupted, TrainOptions, train
 from pointrend_core.interrupts import exit_code, signal_name, signals_raise_stopped
 from pointrend_core.model.inference import PRECISION_DTYPES, check_precision, retain_freed_memory
@@ -242,11 +241,12 @@ def run_train(row: RowConfig, args: argparse.Namespace) -> int:
         eval_max_images=args.eval_max_images,
         progress=not args.no_progress,
     )
-    out = args.out or default_run_dir(row)
+    out = args.out = args.out or default_run_dir(row)  # the stop message names this folder's checkpoint
     try:
         final = train(row, args.data_root, out, options)
     except TrainingInterrupted as stopped:
-        print(f"stopped: {stopped}: {resume_command(args.argv)}", file=sys.stderr)
+        print(f"stopped: {str(stopped).removesuffix('continue with --resume')}continue with: "
+              f"{resume_command(args.argv)}", file=sys.stderr)
         return exit_code(stopped.signum)
     if launched_rank() == 0:
         print(f"final checkpoint: {final}")
@@ -276,7 +276,7 @@ def run_evaluate(row: RowConfig, args: argparse.Namespace) -> int:
         if note is not None:
             print(note, file=sys.stderr)
     try:
-        with out.hold() if processes.is_main else nullcontext():
+        with hold_on_main(out, processes):
             record = evaluate_run(row, args.checkpoint, args.data_root, out, device=processes.device,
                                   split=args.split, max_images=args.max_images, precision=args.precision,
                                   compile=args.compile, progress=not args.no_progress)
@@ -315,7 +315,9 @@ def run_prepare_voc_aug(args: argparse.Namespace) -> int:
 def run_make_demo_data(args: argparse.Namespace) -> int:
     kwargs = {"seed": args.seed} if args.num_images is None else {"num_images": args.num_images, "seed": args.seed}
     made = demo_parameters(args.out)
-    wanted = {"num_images": args.num_images or made.get("num_images"), "seed": args.seed}
+    if made and args.num_images is None and not args.overwrite:  # re-running keeps the dataset as it was made
+        kwargs["num_images"] = made.get("num_images")
+    wanted = {"num_images": kwargs.get("num_images"), "seed": args.seed}
     if made and not args.overwrite and any(made.get(k) != v for k, v in wanted.items() if v is not None):
         raise ValueError(f"{args.out} holds the demo dataset made with num_images {made.get('num_images')}, seed "
                          f"{made.get('seed')}; pass --overwrite to replace it, or another --out")
@@ -336,8 +338,8 @@ def _stopped_message(args: argparse.Namespace, signum: int) -> str:
     what = {"train": "training", "evaluate": "evaluation"}.get(args.command, args.command)
     line = f"stopped: {signal_name(signum)} during {what}"
     if args.command == "train":
-        out = RunFolder(args.out or "runs/<config>")
-        kept = f"the last checkpoint is {out.last_checkpoint}" if out.last_checkpoint.is_file() else "no checkpoint was written yet"
+        kept = next((f"the last checkpoint is {path}" for path in RunFolder(args.out).checkpoints_to_resume()),
+                    "no checkpoint was written yet") if args.out else "no checkpoint was written yet"
         return f"{line}; {kept}; continue with: {resume_command(args.argv)}"
     if args.command == "evaluate":
         return f"{line}; nothing was recorded (run.json is written when it ends): run the same command again"

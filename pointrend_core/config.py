@@ -8,7 +8,9 @@ recipe (`DataConfig`), the optimisation schedule (`ScheduleConfig`) and the eval
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -320,11 +322,12 @@ RUNS_DIR = Path("runs")
 def default_run_dir(row: RowConfig) -> Path:
     """`runs/<row name>`, the folder of a row's run when none is given; a row with overrides gets
     `runs/<row name>+<6 hex digits of its overrides>`, so that it never shares the published row's folder."""
-    if not row.overrides:
-        return RUNS_DIR / row.name
-    import hashlib
+    return RUNS_DIR / (f"{row.name}+{overrides_tag(row.overrides)}" if row.overrides else row.name)
 
-    return RUNS_DIR / f"{row.name}+{hashlib.sha1(chr(10).join(row.overrides).encode()).hexdigest()[:6]}"
+
+def overrides_tag(overrides: Sequence[str]) -> str:
+    """6 hex digits naming a set of overrides, whatever their order."""
+    return hashlib.sha1("\n".join(sorted(overrides)).encode()).hexdigest()[:6]
 
 
 def get_row(name: str) -> RowConfig:

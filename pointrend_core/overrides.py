@@ -14,6 +14,7 @@ shortcut options (`--crop H W`, `--batch-size N`) are spellings of the same over
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import replace
@@ -100,7 +101,7 @@ def _parse(text: str, hint: Any) -> Any:
             raise ValueError(f"got {text!r}")
         return text
     if origin is tuple:
-        parts = [p.strip() for p in text.replace("x", ",").split(",") if p.strip()] if text else []
+        parts = [p.strip() for p in text.lower().replace("x", ",").split(",") if p.strip()] if text else []
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_parse(p, args[0]) for p in parts)
         if len(parts) != len(args):
@@ -114,9 +115,12 @@ def _parse(text: str, hint: Any) -> Any:
         raise ValueError(f"got {text!r}")
     if hint in (int, float):
         try:
-            return hint(text)
+            value = hint(text)
         except ValueError:
             raise ValueError(f"got {text!r}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"got {text!r}")
+        return value
     if hint is str:
         return text
     raise ValueError(f"this field's type {hint} cannot be set from text")

@@ -115,10 +115,11 @@ def test_dilated_backbones_keep_resolution(depth, output_stride):
 
 
 def test_bad_model_settings_are_rejected():
-    with pytest.raises(ValueError, match="depth must be one of"):
-        PointRend(ModelConfig(num_classes=3, depth=42))
-    with pytest.raises(ValueError, match="output_stride"):
-        PointRend(ModelConfig(num_classes=3, output_stride=4))
+    # The config refuses what no network can be built from, before any model is made.
+    with pytest.raises(ValueError, match="model.depth must be 18, 34, 50 or 101, got 42"):
+        ModelConfig(num_classes=3, depth=42)
+    with pytest.raises(ValueError, match="model.output_stride must be 8, 16 or 32, got 4"):
+        ModelConfig(num_classes=3, output_stride=4)
     with pytest.raises(ValueError, match="at least 2 classes"):
         PointRend(ModelConfig(num_classes=1))
 

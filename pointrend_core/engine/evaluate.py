@@ -374,7 +374,7 @@ def default_evaluation_folder(
     """Where `evaluate` writes when given no folder: the checkpoint's own folder, unless its run.json records
     another evaluation; then `<that folder>/evaluations/<checkpoint stem>_<row>_<split>[_first<N>][_<precision>]`."""
     key = EvaluationKey.create(checkpoint, row.data.dataset.__name__, row.data.resolve_root(data_root),
-                               split or row.data.val_split, max_images, precision)
+                               split or row.data.val_split, max_images, precision, row.overrides)
     return RunFolder.for_evaluation(checkpoint, key, row.name).path
 
 
@@ -413,9 +413,9 @@ def evaluate_run(
     root = row.data.resolve_root(data_root)
     split = split or row.data.val_split
     num_classes = row.model.num_classes
-    key = EvaluationKey.create(checkpoint, row.data.dataset.__name__, root, split, max_images, precision)
-    if rank_and_world_size()[0] == 0 and not replace:
-        folder.check_may_record(key)
+    key = EvaluationKey.create(checkpoint, row.data.dataset.__name__, root, split, max_images, precision, row.overrides)
+    if not replace:
+        folder.check_may_record(key)  # read-only: every process, so that all refuse together
 
     dataset = row.data.dataset(root, split, transforms=eval_transforms(row.data))
     classes = _class_names(dataset, row, num_classes)

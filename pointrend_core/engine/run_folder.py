@@ -27,16 +27,21 @@ goes too when nothing was written into it.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import os
 import shutil
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import torch
+
+from pointrend_core.config import overrides_tag
+from pointrend_core.engine.distributed import Processes, sum_over_processes
 from pointrend_core.engine.records import RunRecord, TrainRecord
 
 HELD_ENV = "POINTREND_HELD_RUN_FOLDERS"
@@ -64,26 +69,34 @@ class EvaluationKey:
     split: str | None
     max_images: int | None = None
     precision: str = "fp32"
+    overrides: tuple[str, ...] = ()
+    """The row's `--set` overrides (another test size or flip is another evaluation)."""
 
     @classmethod
     def create(cls, checkpoint: str | os.PathLike | None, dataset: str | None, root: str | os.PathLike | None,
-               split: str | None, max_images: int | None = None, precision: str = "fp32") -> EvaluationKey:
+               split: str | None, max_images: int | None = None, precision: str = "fp32",
+               overrides: Sequence[str] = ()) -> EvaluationKey:
         absolute = (lambda p: str(Path(p).resolve()) if p is not None else None)
-        return cls(absolute(checkpoint), dataset, absolute(root), split, max_images, precision)
+        return cls(absolute(checkpoint), dataset, absolute(root), split, max_images, precision,
+                   tuple(sorted(overrides)))
 
     @classmethod
     def of_record(cls, record: RunRecord) -> EvaluationKey:
         return cls.create(record.checkpoint, record.data.dataset, record.data.root, record.data.split,
-                          record.data.max_images, record.timing.precision or "fp32")
+                          record.data.max_images, record.timing.precision or "fp32",
+                          (record.config or {}).get("overrides") or ())
 
     def folder_name(self, row: str) -> str:
-        """`<checkpoint stem>_<row>_<split>[_first<N>][_<precision>]`: the sub-folder under `evaluations/`."""
+        """`<checkpoint stem>_<row>_<split>[_first<N>][_<precision>][+<overrides hash>]`: the sub-folder under
+        `evaluations/`."""
         stem = Path(self.checkpoint).stem if self.checkpoint else "weights"
         name = f"{stem}_{row}_{self.split}"
         if self.max_images is not None:
             name += f"_first{self.max_images}"
         if self.precision != "fp32":
             name += f"_{self.precision}"
+        if self.overrides:
+            name += "+" + overrides_tag(self.overrides)
         return name
 
 
@@ -94,6 +107,7 @@ class RunFolder:
     LAST_CHECKPOINT = "checkpoint_last.pth"
     FINAL_CHECKPOINT = "checkpoint_final.pth"
     PREVIOUS_CHECKPOINT = "checkpoint_previous.pth"
+    DAMAGED_CHECKPOINT = "checkpoint_last.damaged.pth"
     METRICS = "metrics.jsonl"
     PROGRESS = "progress.json"
     TRAIN = "train.json"
@@ -103,9 +117,9 @@ class RunFolder:
     TENSORBOARD = "tensorboard"
     EPOCH_EVALUATIONS = "eval"
     EVALUATIONS = "evaluations"
-    EXECUTED_NOTEBOOKS = ("train_evaluate.ipynb", "point_selection.ipynb")
 
-    RECORDS = (LAST_CHECKPOINT, FINAL_CHECKPOINT, TRAIN, RUN, METRICS, IMAGE_COUNTS, PREVIOUS_CHECKPOINT)
+    RECORDS = (LAST_CHECKPOINT, FINAL_CHECKPOINT, TRAIN, RUN, METRICS, IMAGE_COUNTS, PREVIOUS_CHECKPOINT,
+               DAMAGED_CHECKPOINT)
     """Files that make a folder hold an earlier run (a fresh run refuses it without --overwrite)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -137,6 +151,14 @@ class RunFolder:
         that a damaged last checkpoint never costs the whole run."""
         if self.last_checkpoint.is_file():
             os.replace(self.last_checkpoint, self.previous_checkpoint)
+
+    def set_aside_damaged_last(self) -> Path:
+        """Rename an unreadable checkpoint_last.pth out of the way (resuming from the previous one), so that the
+        next checkpoint does not push the good previous one out for it. Returns where it went."""
+        target = self.path / self.DAMAGED_CHECKPOINT
+        if self.last_checkpoint.is_file():
+            os.replace(self.last_checkpoint, target)
+        return target
 
     def checkpoints_to_resume(self) -> list[Path]:
         """The checkpoints `--resume` may continue from, newest first."""
@@ -270,18 +292,20 @@ class RunFolder:
         raise RunFolderBusy(f"run folder {self.path}: could not take its lock (its .lock file keeps changing)")
 
     def _release(self, handle: Any, created: Path | None) -> None:
-        """Remove the lock file while still holding it (so nobody locks a file about to vanish), unlock, and
-        tidy what a run that wrote nothing leaves: an empty log, a progress snapshot alone, the folder."""
+        """Tidy what a run that wrote nothing leaves (an empty log, a progress snapshot or curves without any
+        checkpoint), still holding the lock; then remove the lock file while holding it (so nobody locks a file
+        about to vanish), unlock, and remove the folder if this hold created it and it is empty."""
         try:
+            if not any((self.path / name).exists() for name in self.RECORDS if name != self.METRICS):
+                if self.metrics_log.is_file() and self.metrics_log.stat().st_size == 0:
+                    self.metrics_log.unlink()
+                if not self.metrics_log.exists():
+                    self.progress_file.unlink(missing_ok=True)
+                    shutil.rmtree(self.tensorboard_dir, ignore_errors=True)
             (self.path / self.LOCK).unlink(missing_ok=True)
         finally:
             fcntl.lockf(handle, fcntl.LOCK_UN)
             handle.close()
-        if not any((self.path / name).exists() for name in self.RECORDS if name != self.METRICS):
-            if self.metrics_log.is_file() and self.metrics_log.stat().st_size == 0:
-                self.metrics_log.unlink()
-            if not self.metrics_log.exists():
-                self.progress_file.unlink(missing_ok=True)
         _remove_if_empty(self.path, created)
 
     # ----------------------------------------------------------------------------------------------
@@ -312,17 +336,9 @@ class RunFolder:
     def clear_earlier_run(self, log: Callable[[str], None]) -> None:
         """Delete an earlier run's files (with --overwrite), saying what goes. Under `eval/` and `evaluations/`
         only evaluation folders of ours are deleted; anything else there is refused, named, and kept."""
-        doomed_folders = []
-        for folder in (self.EPOCH_EVALUATIONS, self.EVALUATIONS):
-            parent = self.path / folder
-            if parent.is_dir():
-                foreign = _not_written_by_us(parent)
-                if foreign:
-                    raise ValueError(
-                        f"{parent} holds files that no run wrote ({', '.join(str(p) for p in foreign[:5])}"
-                        f"{', ...' if len(foreign) > 5 else ''}); move them away or choose another --out "
-                        "(--overwrite deletes only what runs wrote)")
-                doomed_folders.append(parent)
+        self.check_clearable()
+        doomed_folders = [self.path / name for name in (self.EPOCH_EVALUATIONS, self.EVALUATIONS)
+                          if (self.path / name).is_dir()]
         doomed = [p for p in self.earlier_run() if p.is_file()] + [self.progress_file] * self.progress_file.exists()
         if self.tensorboard_dir.is_dir():  # the earlier run's curves: the new run starts its own
             doomed_folders.append(self.tensorboard_dir)
@@ -354,6 +370,18 @@ class RunFolder:
             return None
         return training
 
+    def check_clearable(self) -> None:
+        """ValueError naming them when `eval/` or `evaluations/` hold files that no run wrote (which
+        `clear_earlier_run` would refuse to delete). Read-only: every process of a run can ask."""
+        for folder in (self.EPOCH_EVALUATIONS, self.EVALUATIONS):
+            parent = self.path / folder
+            foreign = _not_written_by_us(parent) if parent.is_dir() else []
+            if foreign:
+                raise ValueError(
+                    f"{parent} holds files that no run wrote ({', '.join(str(p) for p in foreign[:5])}"
+                    f"{', ...' if len(foreign) > 5 else ''}); move them away or choose another --out "
+                    "(--overwrite deletes only what runs wrote)")
+
     def check_may_record(self, key: EvaluationKey) -> None:
         """Each evaluation keeps its own record: an existing run.json of another evaluation is never replaced
         (ValueError), re-running the same evaluation refreshes it. One exception: the folder's final
@@ -372,8 +400,7 @@ class RunFolder:
         new = Path(key.checkpoint) if key.checkpoint else None
         if (new is not None and new.name == self.FINAL_CHECKPOINT and old_key.checkpoint is not None
                 and Path(old_key.checkpoint).parent == new.parent
-                and (old_key.dataset, old_key.root, old_key.split, old_key.max_images, old_key.precision)
-                == (key.dataset, key.root, key.split, key.max_images, key.precision)):
+                and dataclasses.replace(old_key, checkpoint=None) == dataclasses.replace(key, checkpoint=None)):
             return
         raise ValueError(
             f"{self.run_record} already records another evaluation (checkpoint {old.checkpoint}, "
@@ -391,6 +418,28 @@ class RunFolder:
             return home
         except ValueError:
             return home.evaluation(key, row)
+
+
+@contextmanager
+def hold_on_main(folder: RunFolder, processes: Processes) -> Iterator[RunFolder]:
+    """`folder.hold()` by the main process of a run, agreed by all: when the main process cannot take the folder,
+    every process raises (the main one its own error), instead of the others waiting for it in a collective."""
+    if processes.world_size == 1:
+        with folder.hold():
+            yield folder
+        return
+    with ExitStack() as stack:
+        error = None
+        if processes.is_main:
+            try:
+                stack.enter_context(folder.hold())
+            except (ValueError, OSError) as refused:
+                error = refused
+        if sum_over_processes(torch.tensor([float(error is not None)])).item() > 0:
+            if error is not None:
+                raise error
+            raise RunFolderBusy(f"the main process could not take run folder {folder.path}; its message says why")
+        yield folder
 
 
 def _held_by_parents() -> list[str]:
@@ -438,4 +487,4 @@ def _not_written_by_us(parent: Path) -> list[Path]:
     return foreign
 
 
-__all__ = ["RunFolder", "RunFolderBusy", "EvaluationKey", "HELD_ENV"]
+__all__ = ["RunFolder", "RunFolderBusy", "EvaluationKey", "HELD_ENV", "hold_on_main"]

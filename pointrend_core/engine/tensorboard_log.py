@@ -98,7 +98,10 @@ def prediction_panels(model: nn.Module, row: RowConfig, data_root, count: int = 
     device = next(model.parameters()).device
     rows = []
     for i in range(min(count, len(dataset))):
-        image, gt = dataset[i]
+        try:
+            image, gt = dataset[i]
+        except (OSError, ValueError):  # the evaluation reports a bad file; a figure does without it
+            continue
         size = image.shape[-2:]
         with torch.no_grad():
             refined, coarse = predict(model, image[None].to(device), size, row.eval)

@@ -29,7 +29,6 @@ import os
 import signal
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +56,7 @@ from pointrend_core.engine.evaluate import evaluate_run
 from pointrend_core.engine.precision import inference_precision
 from pointrend_core.engine.progress import TrainProgress
 from pointrend_core.engine.records import TrainRecord, config_json, environment
-from pointrend_core.engine.run_folder import RunFolder
+from pointrend_core.engine.run_folder import RunFolder, hold_on_main
 from pointrend_core.engine.schedule import iters_per_epoch, poly_lr
 from pointrend_core.engine.state import Position, TrainState, gather_rng_states, restore_rng_states
 from pointrend_core.engine.tensorboard_log import TrainingBoard
@@ -95,8 +94,7 @@ def train(
     processes = start_processes(options.device)
     try:
         # Rank 0 holds the folder for the whole run; the other processes are its own.
-        folder = RunFolder(out_dir)
-        with folder.hold() if processes.is_main else nullcontext():
+        with hold_on_main(RunFolder(out_dir), processes) as folder:
             return _train(row, row.data.resolve_root(data_root), folder, options, processes, model)
     finally:
         stop_processes(processes)
@@ -140,6 +138,8 @@ def _train(
         # --resume with nothing to resume from may restart a run cut short before its first checkpoint (only
         # its log exists), never replace a finished one.
         folder.refuse_earlier_run(keep_log=options.resume)
+    if resumed is None:
+        folder.check_clearable()  # every process, before anything is built: a fresh start will clear the folder
     seed = resumed.sampler_seed if resumed is not None else options.seed  # the data order depends on it
 
     # Data
@@ -294,7 +294,9 @@ def _state_to_resume(
         _log(processes, f"resume: no {folder.last_checkpoint}, starting a new run")
         return None
     if damaged:
-        _log(processes, f"resume: {damaged[0]}; continuing from {path} (iteration {int(state.iteration)})")
+        aside = folder.set_aside_damaged_last() if processes.is_main else folder.path / folder.DAMAGED_CHECKPOINT
+        _log(processes, f"resume: {damaged[0]} (kept as {aside.name}); continuing from {path} "
+                        f"(iteration {int(state.iteration)})")
     state.check_resumable(path, row.name, processes.world_size, per_process_batch, config_json(row), options.max_iters)
     if int(state.sampler_seed) != options.seed:
         _log(processes, f"resume: using the checkpoint's seed {state.sampler_seed} (options say {options.seed})")
@@ -340,7 +342,7 @@ def _restore(run: _Run, state: TrainState, optimizer: torch.optim.Optimizer, sca
     restore_rng_states(state, run.processes)
     if run.processes.is_main:
         keep_lines_up_to(run.folder.metrics_log, run.position.iteration)
-    _log(run.processes, f"resume: {run.folder.last_checkpoint} at iteration {run.position.iteration} (epoch "
+    _log(run.processes, f"resume: {run.folder.path} at iteration {run.position.iteration} (epoch "
                         f"{run.position.epoch}, batch {run.position.batch_in_epoch} of {run.steps_per_epoch})")
 
 

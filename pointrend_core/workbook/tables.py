@@ -479,7 +479,8 @@ def results_table(runs_dir: str | os.PathLike) -> pd.DataFrame:
             continue
         lines[name] = _table_line(runs, run, published)
     for _, run in runs[runs["overrides"].map(len) > 0].iterrows():  # beside the row, with what was changed
-        lines[f"{run['row']} [{'; '.join(run['overrides'])}]"] = _table_line(runs, run, "—")
+        label = f"{run['row']} [{'; '.join(run['overrides'])}]"
+        lines[label if label not in lines else f"{label} ({Path(run['run_dir']).name})"] = _table_line(runs, run, "—")
     for path, reason in runs.attrs.get("unreadable", []):  # named, with the reason, instead of stopping the table
         lines[f"{Path(path).parent.name} (unreadable)"] = ["—"] * (len(TABLE_COLUMNS) - 1) + [f"{path}: {reason}"]
     table = pd.DataFrame.from_dict(lines, orient="index", columns=TABLE_COLUMNS)
