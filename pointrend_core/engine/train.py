@@ -342,7 +342,11 @@ def _state_to_resume(
     if not options.resume:
         return None
     if not path.exists():
-        _log(processes, f"resume: no {path}, starting a new run")
+        # Only worth saying when an earlier attempt left something behind (its log, cut short before the
+        # first checkpoint): in a new folder, starting anew is what resuming means, and the workbook (which
+        # always asks to resume) would otherwise print this into every first report.
+        if _earlier_run_files(out_dir):
+            _log(processes, f"resume: no {path}, starting a new run")
         return None
     state = TrainState.read(path)
     state.check_resumable(path, row.name, processes.world_size, per_process_batch)
