@@ -3,6 +3,7 @@
     python benchmarks/demo_kernels.py                          # native, avx2, default; runs in runs/demo_kernels/
     python benchmarks/demo_kernels.py --sets native,avx2       # fewer kernel sets
     python benchmarks/demo_kernels.py --table-only             # print the table of the runs already there
+    python benchmarks/demo_kernels.py --sets default --resume  # continue a run that was stopped (SIGTERM)
 
 Each kernel set is one subprocess that runs exactly what the workbook's demo row runs
 (`workbook.training.train_and_evaluate` with the row's recipe, as notebooks/train_evaluate.ipynb calls it),
@@ -14,6 +15,8 @@ figures differ by more than rounding; this script measures by how much.
 The demo's goals, checked per kernel set: every class at least 50 refined IoU, and the refinement's boundary
 gain (refined minus coarse boundary mIoU) at least 5 points. A kernel set this CPU cannot run (e.g. avx512 on an
 AVX2 machine) falls back to the best it has; the table's `capability` row says what each run really used.
+The figures do not depend on the machine's load (the kernels and the thread count fix the arithmetic); the
+times do: they are this run's wall times, comparable only between runs on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -45,8 +48,9 @@ BOUNDARY_GAIN_GOAL = 5.0
 CAPABILITY_FILE = "capability.txt"
 
 
-def run_one(out_dir: Path, data_root: Path) -> None:
-    """In the child process: the demo row as the workbook runs it, into out_dir (replacing an earlier run)."""
+def run_one(out_dir: Path, data_root: Path, resume: bool) -> None:
+    """In the child process: the demo row as the workbook runs it, into out_dir (replacing an earlier run, or
+    continuing it with `resume`: training resumes exactly, so the figures are those of an uninterrupted run)."""
     import torch
 
     from pointrend_core.workbook.training import train_and_evaluate
@@ -54,20 +58,21 @@ def run_one(out_dir: Path, data_root: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / CAPABILITY_FILE).write_text(torch.backends.cpu.get_cpu_capability() + "\n", encoding="utf-8")
     started = time.perf_counter()
-    train_and_evaluate(get_row("demo"), data_root, out_dir, overwrite=True)
+    train_and_evaluate(get_row("demo"), data_root, out_dir, resume=resume, overwrite=not resume)
     print(f"demo trained and evaluated in {time.perf_counter() - started:.0f} s: {out_dir / RUN_FILE}", flush=True)
 
 
-def launch(name: str, out_dir: Path, data_root: Path) -> int:
+def launch(name: str, out_dir: Path, data_root: Path, resume: bool) -> int:
     """Run the demo under kernel set `name` in a subprocess; its output goes to out_dir/log.txt."""
     env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
     env |= KERNEL_SETS[name]
     out_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, str(Path(__file__).resolve()), "--child", str(out_dir), "--data-root", str(data_root)]
+    command += ["--resume"] if resume else []
     print(f"[{name}] {' '.join(f'{k}={v}' for k, v in KERNEL_SETS[name].items()) or '(no variables)'}: "
           f"training in {out_dir}", flush=True)
     started = time.perf_counter()
-    with open(out_dir / "log.txt", "w", encoding="utf-8") as log:
+    with open(out_dir / "log.txt", "a" if resume else "w", encoding="utf-8") as log:
         code = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     print(f"[{name}] exit code {code} after {time.perf_counter() - started:.0f} s", flush=True)
     return code
@@ -121,10 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/demo_kernels"), help="one run folder per kernel set under it")
     parser.add_argument("--data-root", type=Path, default=Path(get_row("demo").data.default_root))
     parser.add_argument("--table-only", action="store_true", help="do not train; print the runs already in --out")
+    parser.add_argument("--resume", action="store_true", help="continue the runs in --out that were stopped")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
-        run_one(args.child, args.data_root)
+        run_one(args.child, args.data_root, args.resume)
         return 0
     names = [name.strip() for name in args.sets.split(",") if name.strip()]
     unknown = [name for name in names if name not in KERNEL_SETS]
@@ -136,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.data_root.exists():
             make_demo_dataset(args.data_root)
         for name in names:
-            launch(name, args.out / name, args.data_root)
+            launch(name, args.out / name, args.data_root, args.resume)
     columns = {}
     for name in names:
         path = args.out / name / RUN_FILE
