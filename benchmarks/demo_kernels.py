@@ -117,13 +117,16 @@ def print_table(columns: dict[str, dict[str, str]]) -> None:
     widths = {name: max(len(name), *(len(v) for v in col.values())) for name, col in columns.items()}
     print(f"{'':<{width}}  " + "  ".join(f"{name:>{widths[name]}}" for name in columns))
     for label in labels:
-        print(f"{label:<{width}}  " + "  ".join(f"{col.get(label, '-'):>{widths[name]}}" for name, col in columns.items()))
+        cells = (f"{col.get(label, '-'):>{widths[name]}}" for name, col in columns.items())
+        print(f"{label:<{width}}  " + "  ".join(cells))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sets", default="native,avx2,default", help=f"comma-separated, from: {', '.join(KERNEL_SETS)}")
-    parser.add_argument("--out", type=Path, default=Path("runs/demo_kernels"), help="one run folder per kernel set under it")
+    parser.add_argument("--sets", default="native,avx2,default",
+                        help=f"comma-separated, from: {', '.join(KERNEL_SETS)}")
+    parser.add_argument("--out", type=Path, default=Path("runs/demo_kernels"),
+                        help="one run folder per kernel set under it")
     parser.add_argument("--data-root", type=Path, default=Path(get_row("demo").data.default_root))
     parser.add_argument("--table-only", action="store_true", help="do not train; print the runs already in --out")
     parser.add_argument("--resume", action="store_true", help="continue the runs in --out that were stopped")

@@ -106,7 +106,8 @@ def _cells(line: SummaryLine) -> tuple[str, ...]:
 
 def format_summary(lines: Sequence[SummaryLine], index_html: str | os.PathLike) -> str:
     """The table as text: a header, one line per row (figures right-aligned; a row with a note shows the
-    note after its outcome instead of figures), then the path of the reports' index page (the line the runner always ended with)."""
+    note after its outcome instead of figures), then the path of the reports' index page (as the runner's
+    `[workbook] index:` line, which it always ended with)."""
     full = [_cells(line) for line in lines if line.note is None]
     widths = [max(len(cells[i]) for cells in [HEADER, *full]) for i in range(len(HEADER))]
     widths[0] = max(widths[0], *(len(line.row) for line in lines)) if lines else widths[0]
