@@ -345,7 +345,11 @@ def demo_ids(num_images: int) -> dict[str, list[str]]:
     return {"train": [x for i, x in enumerate(ids) if i % 5 != 4], "val": ids[4::5]}
 
 
-def make_demo_dataset(out: str | Path, num_images: int = 300, seed: int = 0, size: int = 256) -> Path:
+DEMO_NUM_IMAGES = 300
+"""Images `make_demo_dataset` writes by default (train and val together; `demo_ids` splits them)."""
+
+
+def make_demo_dataset(out: str | Path, num_images: int = DEMO_NUM_IMAGES, seed: int = 0, size: int = 256) -> Path:
     """Write the demo dataset in the VOC layout at `out` (a VOC2012-like folder) and return `out`.
 
     Image `i` depends only on (seed, i, size). `out/demo.json` records the parameters: when it already
@@ -424,4 +428,5 @@ __all__ = [
     "star_vertices",
     "make_demo_dataset",
     "demo_ids",
+    "DEMO_NUM_IMAGES",
 ]

@@ -291,7 +291,11 @@ def _state_to_resume(
         if damaged:
             raise ValueError(f"no checkpoint of {folder.path} can be resumed from ({'; '.join(damaged)}); "
                              "start afresh with --overwrite")
-        _log(processes, f"resume: no {folder.last_checkpoint}, starting a new run")
+        # Only worth saying when an earlier attempt left something behind (its log, cut short before the
+        # first checkpoint): in a new folder, starting anew is what resuming means, and the workbook (which
+        # always asks to resume) would otherwise print this into every first report.
+        if folder.earlier_run():
+            _log(processes, f"resume: no {folder.last_checkpoint}, starting a new run")
         return None
     if damaged:
         aside = folder.set_aside_damaged_last() if processes.is_main else folder.path / folder.DAMAGED_CHECKPOINT

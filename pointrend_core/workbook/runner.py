@@ -38,13 +38,14 @@ from traitlets.config import Config
 from pointrend_core.checks import check_counts
 from pointrend_core.config import DATASETS, ROWS, RUNS_DIR, RowConfig, default_run_dir, get_row, on_dataset
 from pointrend_core.data.datasets import DemoShapes
-from pointrend_core.data.demo import make_demo_dataset
+from pointrend_core.data.demo import DEMO_NUM_IMAGES, demo_ids, make_demo_dataset
 from pointrend_core.engine.run_folder import RunFolder, RunFolderBusy
 from pointrend_core.model.inference import PRECISION_DTYPES, Precision, check_precision
 from pointrend_core.overrides import apply_overrides
 from pointrend_core.workbook.html import render_html, write_index_html
 from pointrend_core.workbook.notebook_progress import CELL_REPORTING_ENGINE, NotebookProgress
 from pointrend_core.workbook.status import RowStatus, read_status
+from pointrend_core.workbook.summary import terminal_summary
 from pointrend_core.workbook.tables import unreadable_runs
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
@@ -169,7 +170,9 @@ def _ensure_demo_data(row: RowConfig, root: Path) -> None:
     """The demo data is generated on first use; other datasets must be in place (the dataset class reports a
     missing root with the layout it expects)."""
     if row.data.dataset is DemoShapes and not root.exists():
-        make_demo_dataset(root)
+        make_demo_dataset(root, num_images=DEMO_NUM_IMAGES)
+        counts = ", ".join(f"{len(ids)} {split}" for split, ids in demo_ids(DEMO_NUM_IMAGES).items())
+        print(f"[workbook] demo data: {DEMO_NUM_IMAGES} images ({counts}) generated in {root}", flush=True)
 
 
 def run_row(
@@ -415,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\n[workbook] {stop or 'interrupted'}: the running notebook's kernel was shut down; rows that "
               "finished keep their reports, and a re-run continues with the others", file=sys.stderr, flush=True)
         return 130
-    print(f"[workbook] index: {Path(args.reports_dir) / 'index.html'}")
+    print(terminal_summary(statuses, args.runs_dir, args.reports_dir), flush=True)
     unreadable = unreadable_runs(args.runs_dir)
     for path, reason in unreadable:
         print(f"[workbook] skipped an unreadable run record (shown as unreadable in the reports): {path}: {reason}",
