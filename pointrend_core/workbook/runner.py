@@ -40,6 +40,7 @@ from pointrend_core.config import DATASETS, ROWS, RUNS_DIR, RowConfig, default_r
 from pointrend_core.data.datasets import DemoShapes
 from pointrend_core.data.demo import DEMO_NUM_IMAGES, demo_ids, make_demo_dataset
 from pointrend_core.engine.run_folder import RunFolder, RunFolderBusy
+from pointrend_core.interrupts import exit_code, signal_name, signals_raise_stopped
 from pointrend_core.model.inference import PRECISION_DTYPES, Precision, check_precision
 from pointrend_core.overrides import apply_overrides
 from pointrend_core.workbook.html import render_html, write_index_html
@@ -347,18 +348,6 @@ def write_reports(runs_dir: Path, reports_dir: Path, notebooks_dir: Path, status
     write_index_html(reports_dir, runs_dir, statuses)
 
 
-def _stop_like_ctrl_c_on(*signals: signal.Signals) -> None:
-    """Turn these signals into KeyboardInterrupt, so that a closed terminal (SIGHUP) or a `kill` (SIGTERM)
-    unwinds the runner like Ctrl-C does: papermill then shuts the notebook's kernel down. Killed outright,
-    the runner would leave the kernel running, and training in it, with nobody to read its results."""
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
-
-    for each in signals:
-        signal.signal(each, interrupt)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pointrend_core.workbook", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -393,7 +382,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--notebooks-dir", type=Path, default=None, metavar="DIR",
                      help="the notebooks to run (default: notebooks/ of this source checkout)")
     args = parser.parse_args(argv)
-    _stop_like_ctrl_c_on(signal.SIGTERM, signal.SIGHUP)
+    # A `kill` (SIGTERM) or a closed terminal (SIGHUP) unwinds the runner as Ctrl-C does, so that papermill shuts
+    # the notebook's kernel down: killed outright, the runner would leave it running, training, with nobody to
+    # read its results.
+    try:
+        with signals_raise_stopped():
+            return _run(parser, args)
+    except KeyboardInterrupt as stop:
+        signum = getattr(stop, "signum", signal.SIGINT)
+        print(f"\n[workbook] stopped by {signal_name(signum)}: the running notebook's kernel was shut down; rows "
+              "that finished keep their reports, and a re-run continues with the others", file=sys.stderr, flush=True)
+        return exit_code(signum)
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         rows = parse_rows(args.rows)
         statuses = run_rows(
@@ -414,10 +416,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except (ValueError, KeyError, FileNotFoundError) as err:
         parser.error(err.args[0] if isinstance(err, KeyError) else str(err))  # KeyError's str() adds quotes
-    except KeyboardInterrupt as stop:
-        print(f"\n[workbook] {stop or 'interrupted'}: the running notebook's kernel was shut down; rows that "
-              "finished keep their reports, and a re-run continues with the others", file=sys.stderr, flush=True)
-        return 130
     print(terminal_summary(statuses, args.runs_dir, args.reports_dir), flush=True)
     unreadable = unreadable_runs(args.runs_dir)
     for path, reason in unreadable:
