@@ -134,3 +134,12 @@ def test_a_test_size_far_below_the_images_is_said_once(tmp_path, capsys) -> None
     assert err.count("note: the images of") == 1
     assert ("are about 800 x 600 pixels, but the recipe tests at base_size 256 x 256 (long x short side), less than "
             "half their size; to segment them at their own resolution pass --set data.base_size=800,600") in err
+
+
+def test_both_row_notebooks_declare_the_overrides_parameter() -> None:
+    """`workbook run --set` reaches the notebooks only if papermill can read the parameter (a comment with '='
+    in it once hid it)."""
+    from pointrend_core.workbook.runner import NOTEBOOKS_DIR, POINT_SELECTION, TRAIN_EVALUATE, declared_parameters
+
+    for name in (TRAIN_EVALUATE, POINT_SELECTION):
+        assert "overrides" in declared_parameters(NOTEBOOKS_DIR / name), name
