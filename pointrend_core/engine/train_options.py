@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from pointrend_core.checks import positive_int
+from pointrend_core.checks import check_counts, positive_int
 from pointrend_core.engine.precision import Amp, precision_name
 
 
@@ -50,14 +50,9 @@ class TrainOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "amp", precision_name(self.amp))  # one spelling ("none" -> "fp32")
-        for name in ("max_iters", "checkpoint_every", "log_every"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.workers is not None and self.workers < 0:
-            raise ValueError(f"workers must be >= 0, got {self.workers!r}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed!r}")
+        # The same sentences as every other entry point (checks.COUNTS knows each name's range).
+        check_counts({name: getattr(self, name) for name in ("max_iters", "checkpoint_every", "log_every", "workers",
+                                                             "seed")})
         positive_int("eval_max_images", self.eval_max_images, optional=True)
         if self.checkpoint is not None and self.init_checkpoint is not None:
             raise ValueError(
