@@ -20,7 +20,11 @@ to a temporary folder first; every step runs in a subprocess with a timeout, so 
    the real trainer also runs under torchrun (`train.json`: world size, synchronised BatchNorm layers).
 3. Resume on GPU: 4 iterations (fp16, checkpoint every 2), then `--resume --max-iters 6`; the second run must
    print its "resume: ... at iteration 4" line and end with `iterations` 6 in `train.json`.
-4. Evaluation images/s and peak memory (`torch.cuda.max_memory_allocated` after
+4. The training step's memory format, fp32 and bf16: `benchmarks/train.py --json` times the R-50 VOC step
+   (512x512, batch 8) in NCHW and in channels-last; the step fails if the layout the trainer picks by default on
+   this GPU (`engine/memory_format.py`: channels-last under bf16/fp16, NCHW in fp32) is over 5% slower than the
+   other, so a GPU on which the rule is wrong is named.
+5. Evaluation images/s and peak memory (`torch.cuda.max_memory_allocated` after
    `reset_peak_memory_stats`) of `pointrend_r50_voc` and `pointrend_r101_voc` (random weights) at 512x512 and
    1024x2048: the model as built in fp32 ("eager fp32", the protocol's baseline), and what `evaluate
    --precision P` runs, `prepare_for_inference(model, P)` for P = fp32, bf16, fp16 ("fast P"), following the
@@ -45,7 +49,8 @@ Not checked from outside: the trainer turns `torch.backends.cudnn.benchmark` on 
 
 Budget: every step gets its own timeout, capped by what is left of `--budget` seconds (default 480 = 8 min);
 steps that no longer fit are reported as not run. Expected times on one data-centre GPU (estimates, not yet
-measured): 15-30 s per training step (mostly process start-up), 15-110 s per throughput row and size (four
+measured): 15-30 s per training step (mostly process start-up), 20-40 s per
+memory-format step, 15-110 s per throughput row and size (four
 variants). On a slower GPU lower `--images` or raise `--budget` rather than read "not run" as a failure of the
 package.
 
@@ -532,6 +537,34 @@ def check_resume(ctx: Context) -> CheckResult:
     return CheckResult(name, True, seconds, f"4 -> 6 iterations; {one_line(resume_lines[-1], 160)}")
 
 
+def check_train_layout(ctx: Context, amp: str) -> CheckResult:
+    """`benchmarks/train.py` (R-50 VOC training step, 512 x 512, batch 8; a rehearsal: 128 x 128, batch 2) in
+    NCHW and channels-last at `amp`: passes when the layout the trainer picks by default on this device
+    (`engine.memory_format.channels_last_by_default`) is not more than 5% slower than the other one."""
+    name = f"train step layout ({amp})"
+    if amp == "bf16" and not ctx.bf16:
+        return CheckResult(name, True, 0.0, "skipped: GPU has no bf16 (torch.cuda.is_bf16_supported() is False)")
+    size = ["--crop", "128", "128", "--batch-size", "2", "--iters", "1"] if ctx.rehearsal else \
+        ["--batch-size", "8", "--iters", "5", "--warmup", "2"]
+    done = ctx.run(name, [sys.executable, str(REPO / "benchmarks" / "train.py"), "--device", ctx.device,
+                          "--amp", amp, "--eval-images", "0", "--json", *size], 240)
+    if not done.ok:
+        return ctx.fail(name, done.seconds, error_line(done.output), done.output)
+    found = json.loads([line for line in done.output.splitlines() if line.startswith("{")][-1])
+    seconds = {r["layout"]: r["seconds"] for r in found["results"] if "layout" in r}
+    default = found["default_layout"]
+    other = "nchw" if default == "channels-last" else "channels-last"
+    ratio = seconds[default] / seconds[other]
+    detail = (f"NCHW {seconds['nchw']:.3f} s, channels-last {seconds['channels-last']:.3f} s per step; default here "
+              f"{default} ({ratio:.2f} x {other})")
+    if ctx.rehearsal:
+        return CheckResult(name, True, done.seconds, detail + " (a rehearsal: not judged)")
+    if ratio > 1.05:
+        return ctx.fail(name, done.seconds, detail + ": the default is the slower layout on this GPU; "
+                                                     "engine/memory_format.py's CUDA rule needs this device")
+    return CheckResult(name, True, done.seconds, detail)
+
+
 def check_throughput(ctx: Context, row: str, size: tuple[int, int]) -> list[CheckResult]:
     """One subprocess (`--throughput-worker`) measuring every VARIANTS entry of one row at one size."""
     group = f"eval {row} {size[0]}x{size[1]}"
@@ -719,6 +752,8 @@ def run_checks(ctx: Context) -> list[CheckResult]:
         (f"torchrun {'gloo' if ctx.rehearsal else 'NCCL'} + SyncBatchNorm + DDP", lambda: check_ddp_worker(ctx)),
         ("torchrun train", lambda: check_torchrun_trainer(ctx)),
         ("resume on CPU (fp32)" if ctx.rehearsal else "resume on GPU (fp16)", lambda: check_resume(ctx)),
+        ("train step layout (fp32)", lambda: check_train_layout(ctx, "fp32")),
+        ("train step layout (bf16)", lambda: check_train_layout(ctx, "bf16")),
     ]
     for size in ctx.sizes:
         for row in THROUGHPUT_ROWS:

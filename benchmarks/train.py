@@ -1,10 +1,14 @@
 """Training and evaluation speed and peak memory of one table row's network.
 
     python benchmarks/train.py                         # R-50 VOC row, CPU, batch 2 at 512x512
-    python benchmarks/train.py --device cuda --batch-size 8 --amp bf16 --channels-last
+    python benchmarks/train.py --device cuda --batch-size 8 --amp bf16
+    python benchmarks/train.py --ssseg-root /tmp/ssseg_src/sssegmentation-1.7.0 --mmcv-root /tmp/mmcv_lite \
+        --extra-path /tmp/refdeps                      # and sssegmentation's own step, with the ratio
 
-Training: optimiser steps (forward with both losses, backward, SGD step with the recipe's settings) on random
-images and blob-shaped random labels at the crop size; the first `--warmup` steps are not timed.
+Training: the trainer's own optimiser steps (forward with both losses, backward, SGD step with the recipe's
+settings) on random images and blob-shaped random labels at the crop size, in each memory format of `--layouts`
+(the one the trainer picks on this machine is marked); with `--ssseg-root`, sssegmentation's own step on the
+same batch too, and each step's time as a ratio of the reference's. The first `--warmup` steps are not timed.
 Evaluation: `engine.evaluate.predict` (whole-image inference with adaptive subdivision, logits resized to the
 original size) on images of `--eval-size`, batch 1 as in the reference (default 512x683: a 500x375 VOC
 image after the test resize). The data pipeline is not included (see the data benchmarks).
@@ -17,7 +21,7 @@ own peak, which includes the model, the optimizer state and the Python/torch run
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import json
 import resource
 import sys
 import time
@@ -30,9 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pointrend_core.config import get_row  # noqa: E402
 from pointrend_core.engine.distributed import resolve_device  # noqa: E402
 from pointrend_core.engine.evaluate import inference_model, predict  # noqa: E402
-from pointrend_core.engine.precision import AMP_DTYPES, OLD_SPELLINGS, inference_precision  # noqa: E402
+from pointrend_core.engine.memory_format import channels_last_by_default, machine_kernels  # noqa: E402
+from pointrend_core.engine.precision import AMP_DTYPES, OLD_SPELLINGS, autocast, inference_precision  # noqa: E402
 from pointrend_core.engine.records import environment  # noqa: E402
-from pointrend_core.engine.train_step import train_step  # noqa: E402
+from pointrend_core.engine.train_step import recipe_optimizer, train_step  # noqa: E402
 from pointrend_core.labels import IGNORE_INDEX  # noqa: E402
 from pointrend_core.model import build_model  # noqa: E402
 
@@ -95,45 +100,100 @@ def blob_targets(batch: int, height: int, width: int, num_classes: int, generato
     return targets
 
 
-def benchmark_training(model, row, device, args) -> dict:
-    schedule = row.schedule
-    optimizer = torch.optim.SGD(model.parameters(), lr=schedule.lr, momentum=schedule.momentum,
-                                weight_decay=schedule.weight_decay)
-    scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
+def timed_steps(step, args, device: torch.device, label: str) -> list[float]:
+    """Seconds of each timed call of `step()` (the first `args.warmup` calls untimed)."""
+    times = []
+    for n in range(args.warmup + args.iters):
+        begin = time.perf_counter()
+        loss = step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if n >= args.warmup:
+            times.append(time.perf_counter() - begin)
+        print(f"  {label} {n + 1}/{args.warmup + args.iters}: {time.perf_counter() - begin:.2f} s, loss {loss:.3f}",
+              file=sys.stderr)
+    return times
+
+
+def training_batch(row, device, args, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
     height, width = args.crop
     images = torch.randn(args.batch_size, 3, height, width, generator=generator).to(device)
-    if args.channels_last:
+    if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    targets = blob_targets(args.batch_size, height, width, row.model.num_classes, generator).to(device)
+    return images, blob_targets(args.batch_size, height, width, row.model.num_classes, generator).to(device)
+
+
+def benchmark_training(model, row, device, args, channels_last: bool) -> dict:
+    """The trainer's own step (lr set, forward under autocast, NaN check, backward, SGD step) in one layout."""
+    model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    schedule = row.schedule
+    optimizer = recipe_optimizer(model, schedule)
+    scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
+    images, targets = training_batch(row, device, args, channels_last)
     model.train()
     start_phase(device)
-    times = []
-    for step in range(args.warmup + args.iters):
-        begin = time.perf_counter()
-        # The trainer's own step (lr set, forward under autocast, NaN check, backward, SGD step).
+
+    def step() -> float:
         losses, _ = train_step(model, optimizer, scaler, images, targets, schedule.lr, amp=args.amp)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if step >= args.warmup:
-            times.append(time.perf_counter() - begin)
-        print(f"  train step {step + 1}/{args.warmup + args.iters}: {time.perf_counter() - begin:.2f} s, "
-              f"loss {sum(losses.values()):.3f}", file=sys.stderr)
-    seconds = sum(times) / len(times)
-    peak = phase_peak_mib(device)
+        return sum(losses.values())
+
+    layout = "channels-last" if channels_last else "NCHW"
+    times = timed_steps(step, args, device, f"train step ({layout})")
     del optimizer
-    return {"phase": "train step", "batch": args.batch_size, "input": f"{height}x{width}", "timed": len(times),
+    return training_result(f"train step, {layout}", times, args, phase_peak_mib(device))
+
+
+def training_result(phase: str, times: list[float], args, peak_mib: float) -> dict:
+    seconds = sum(times) / len(times)
+    return {"phase": phase, "batch": args.batch_size, "input": "x".join(map(str, args.crop)), "timed": len(times),
             "seconds": seconds, "rate": args.batch_size / seconds, "rate_unit": "img/s", "iters_per_s": 1 / seconds,
-            "peak_mib": peak}
+            "peak_mib": peak_mib}
+
+
+def benchmark_reference_training(row, device, args) -> dict | None:
+    """sssegmentation's own PointRend step, as its train.py runs it (zero_grad, forward in TRAIN mode,
+    loss.backward(), SGD step; NCHW, autocast for bf16/fp16), on the same batch; None when it cannot be loaded.
+
+    The reference is loaded as `tests/data/make_ssseg_golden.py` loads it (`--ssseg-root`, `--mmcv-root`,
+    `--extra-path`); its weights are its own random initialisation, which does not change the step's time."""
+    if args.ssseg_root is None:
+        return None
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "data"))
+    for path in reversed(args.extra_path):
+        sys.path.insert(0, str(path))
+    import make_ssseg_golden as reference  # noqa: E402  (tests/data: the one place that knows how to load it)
+
+    pointrend_cls, input_cls, _ = reference.import_reference(args.ssseg_root.resolve(), args.mmcv_root)
+    config = reference.reference_config()
+    config["num_classes"] = row.model.num_classes
+    config["backbone"].update(depth=row.model.depth, structure_type=f"resnet{row.model.depth}conv3x3stem")
+    model = pointrend_cls(config, mode="TRAIN").to(device)
+    schedule = row.schedule
+    optimizer = torch.optim.SGD(model.parameters(), lr=schedule.lr, momentum=schedule.momentum,
+                                weight_decay=schedule.weight_decay)
+    images, targets = training_batch(row, device, args, channels_last=False)
+    targets = targets.masked_fill(targets == IGNORE_INDEX, reference.REFERENCE_IGNORE)
+    model.train()
+    start_phase(device)
+
+    def step() -> float:
+        optimizer.zero_grad()
+        with autocast(device, args.amp):
+            loss = model(input_cls(images=images, seg_targets=targets, mode="TRAIN")).loss
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    times = timed_steps(step, args, device, "reference step")
+    return training_result("train step, sssegmentation", times, args, phase_peak_mib(device))
 
 
 @torch.no_grad()
 def benchmark_evaluation(model, row, device, args) -> dict:
     height, width = args.eval_size
     image = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(1)).to(device)
-    if args.channels_last:
-        image = image.contiguous(memory_format=torch.channels_last)
-    # The evaluation's own inference path, at the precision the training's amp evaluates at.
+    # The evaluation's own inference path (channels-last, BatchNorm folded), at the training's precision.
     net = inference_model(model, inference_precision(args.amp), device=device)
     start_phase(device)
     times = []
@@ -154,7 +214,7 @@ def benchmark_evaluation(model, row, device, args) -> dict:
 
 def print_table(rows: list[dict], header: str) -> None:
     print(header)
-    columns = ("phase", "batch", "input", "timed", "s/iter", "iters/s", "images/s", "peak MiB")
+    columns = ("phase", "batch", "input", "timed", "s/iter", "iters/s", "images/s", "x ref", "peak MiB")
     lines = [columns]
     for r in rows:
         lines.append((
@@ -162,6 +222,7 @@ def print_table(rows: list[dict], header: str) -> None:
             f"{r['seconds']:.3f}" if r["seconds"] is not None else "-",
             f"{r['iters_per_s']:.3f}" if r["iters_per_s"] is not None else "-",
             f"{r['rate']:.3f}" if r["rate"] is not None else "-",
+            f"{r['vs_reference']:.2f}" if r.get("vs_reference") is not None else "-",
             f"{r['peak_mib']:.0f}",
         ))
     widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
@@ -180,12 +241,19 @@ def main(argv: list[str] | None = None) -> None:
                         help="training input size (default: the row's crop size)")
     parser.add_argument("--iters", type=int, default=2, help="timed training steps")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps / images before timing")
-    parser.add_argument("--eval-images", type=int, default=2, help="timed evaluation images")
+    parser.add_argument("--eval-images", type=int, default=2, help="timed evaluation images (0: no evaluation)")
     parser.add_argument("--eval-size", type=int, nargs=2, default=(512, 683), metavar=("H", "W"))
     parser.add_argument("--amp", type=lambda text: OLD_SPELLINGS.get(text, text), choices=tuple(AMP_DTYPES),
                         default="fp32")
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--layouts", nargs="+", choices=("nchw", "channels-last"), default=("nchw", "channels-last"),
+                        help="memory formats to time the training step in (default: both)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
+    parser.add_argument("--ssseg-root", type=Path, default=None,
+                        help="unpacked sssegmentation 1.7.0 source: time its own step too (see make_ssseg_golden.py)")
+    parser.add_argument("--mmcv-root", type=Path, default=None)
+    parser.add_argument("--extra-path", type=Path, action="append", default=[])
+    parser.add_argument("--json", action="store_true",
+                        help="also print the results as one JSON line (last line of stdout), for gpu_check.py")
     args = parser.parse_args(argv)
 
     row = get_row(args.config)
@@ -196,25 +264,40 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
-    model = build_model(dataclasses.replace(row)).to(device)
-    if args.channels_last:
-        model.to(memory_format=torch.channels_last)
+    model = build_model(row).to(device)
     baseline = current_rss_mib() if device.type == "cpu" else torch.cuda.memory_allocated(device) / 2**20
     parameters = sum(p.numel() for p in model.parameters())
+    default_layout = "channels-last" if channels_last_by_default(device, args.amp) else "nchw"
 
     # Evaluation first: on CPU the allocator keeps freed training memory resident, which would inflate the
-    # evaluation's peak; the other way round each phase's peak is its own.
-    evaluation = benchmark_evaluation(model, row, device, args)
-    results = [benchmark_training(model, row, device, args), evaluation]
-    results.insert(0, {"phase": "baseline (model loaded)", "batch": "-", "input": "-", "timed": "-", "seconds": None,
-                       "iters_per_s": None, "rate": None, "peak_mib": baseline})
+    # evaluation's peak; the other way round each phase's peak is its own (a later training phase's peak can
+    # include memory an earlier one freed but the allocator kept).
+    results = [{"phase": "baseline (model loaded)", "batch": "-", "input": "-", "timed": "-", "seconds": None,
+                "iters_per_s": None, "rate": None, "peak_mib": baseline}]
+    if args.eval_images:
+        results.append(benchmark_evaluation(model, row, device, args))
+    reference = benchmark_reference_training(row, device, args)
+    if reference is not None:
+        results.append(reference)
+    for layout in args.layouts:
+        result = benchmark_training(model, row, device, args, channels_last=layout == "channels-last")
+        result["layout"] = layout
+        if layout == default_layout:
+            result["phase"] += " (the trainer's default here)"
+        results.append(result)
+    if reference is not None:
+        for result in results:
+            if result["phase"].startswith("train step") and result["seconds"] is not None:
+                result["vs_reference"] = result["seconds"] / reference["seconds"]
     name = environment(device)["device_name"]
     memory = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak RSS (VmHWM) of the process"
     print_table(results, (
-        f"{row.name}: {parameters / 1e6:.2f} M parameters; device {device} ({name}), "
-        f"{torch.get_num_threads()} threads, amp {args.amp}, channels_last {args.channels_last}, "
-        f"torch {torch.__version__}; memory = {memory}"
+        f"{row.name}: {parameters / 1e6:.2f} M parameters; device {device} ({name}, {machine_kernels(device)}), "
+        f"{torch.get_num_threads()} threads, amp {args.amp}, torch {torch.__version__}; memory = {memory}"
+        + ("; 'x ref' = step time / sssegmentation's step time, measured in this run" if reference else "")
     ))
+    if args.json:
+        print(json.dumps({"default_layout": default_layout, "kernels": machine_kernels(device), "results": results}))
 
 
 if __name__ == "__main__":

@@ -90,7 +90,9 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     train.add_argument("--amp", type=_precision, choices=tuple(AMP_DTYPES), default="fp32",
                        help="training precision (fp16: CUDA only; 'none' is accepted for fp32)")
-    train.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    train.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                       help="train in the channels-last memory format (default: where it is faster on this machine: "
+                            "CPUs with AVX-512 convolutions, CUDA under bf16/fp16)")
     train.add_argument("--batch-size", type=_positive_int, help="total batch size over all processes (override)")
     train.add_argument("--crop", type=_positive_int, nargs=2, metavar=("H", "W"), help="training crop size (override)")
     train.add_argument("--workers", type=_non_negative_int, help="data loader workers per process")

@@ -191,6 +191,29 @@ def test_nan_loss_stops_with_the_iteration_and_keeps_the_last_good_checkpoint(vo
     assert [r["iteration"] for r in _read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3]
 
 
+@pytest.mark.parametrize(("machine_default", "option", "expected"),
+                         [(True, None, True), (False, None, False), (True, False, False), (False, True, True)])
+def test_the_memory_format_is_the_machines_default_unless_the_option_says(
+    voc_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+    machine_default: bool, option: bool | None, expected: bool,
+) -> None:
+    monkeypatch.setattr("pointrend_core.engine.train.channels_last_by_default", lambda device, amp: machine_default)
+    seen: list[bool] = []
+    model = build_model(TINY)
+    forward = model.forward
+
+    def recording_forward(images: torch.Tensor, *args: object, **kwargs: object) -> object:
+        seen.append(images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous())
+        return forward(images, *args, **kwargs)
+
+    model.forward = recording_forward  # type: ignore[method-assign]
+    train(TINY, voc_root, tmp_path, _options(max_iters=1, channels_last=option), model=model)
+    assert seen == [expected]
+    assert model.backbone_net.stem[0].weight.is_contiguous(memory_format=torch.channels_last) is expected
+    assert json.loads((tmp_path / "train.json").read_text())["channels_last"] is expected
+    assert ("channels-last" if expected else "NCHW") in capsys.readouterr().err
+
+
 def test_bf16_autocast_on_cpu_trains(voc_root: Path, tmp_path: Path) -> None:
     train(TINY, voc_root, tmp_path, _options(max_iters=2, amp="bf16", channels_last=True))
     summary = json.loads((tmp_path / "train.json").read_text())

@@ -53,6 +53,7 @@ from pointrend_core.data.transforms import train_transforms
 from pointrend_core.data.validate import check_before_training, resolution_note
 from pointrend_core.engine.distributed import Processes, place_for_training, start_processes, stop_processes, unwrap
 from pointrend_core.engine.evaluate import evaluate_run
+from pointrend_core.engine.memory_format import channels_last_by_default
 from pointrend_core.engine.precision import inference_precision
 from pointrend_core.engine.progress import TrainProgress
 from pointrend_core.engine.records import TrainRecord, config_json, environment
@@ -61,7 +62,7 @@ from pointrend_core.engine.schedule import iters_per_epoch, poly_lr
 from pointrend_core.engine.state import Position, TrainState, gather_rng_states, restore_rng_states
 from pointrend_core.engine.tensorboard_log import TrainingBoard
 from pointrend_core.engine.train_options import TrainOptions
-from pointrend_core.engine.train_step import NonFiniteLossError, train_step
+from pointrend_core.engine.train_step import NonFiniteLossError, recipe_optimizer, train_step
 from pointrend_core.engine.train_log import LogLine, append_line, keep_lines_up_to, window_line
 from pointrend_core.files import atomic_copy, atomic_write_text
 from pointrend_core.interrupts import StopFlag, signal_name
@@ -121,6 +122,8 @@ class _Run:
     last_line: LogLine | None = None
     """The latest training window logged (carried in the checkpoint, so train.json has it after a resume)."""
     synced_layers: int = 0
+    channels_last: bool = False
+    """The memory format the model and batches are in: the option, or this machine's default."""
 
     @property
     def checkpoint_every(self) -> int:
@@ -149,10 +152,11 @@ def _train(
 
     # Model and optimiser
     torch.manual_seed(seed)  # identical initial weights in every process
-    model, run.synced_layers = _prepare_model(model, row, options, processes, resumed)
+    run.channels_last = (options.channels_last if options.channels_last is not None
+                         else channels_last_by_default(processes.device, options.amp))
+    model, run.synced_layers = _prepare_model(model, row, options, processes, resumed, run.channels_last)
     schedule = row.schedule
-    optimizer = torch.optim.SGD(model.parameters(), lr=schedule.lr, momentum=schedule.momentum,
-                                weight_decay=schedule.weight_decay)
+    optimizer = recipe_optimizer(model, schedule)
     scaler = torch.amp.GradScaler("cuda") if options.amp == "fp16" else None
 
     # Resume, or start afresh
@@ -169,7 +173,8 @@ def _train(
                                       pin_memory=processes.device.type == "cuda")
     _log(processes, f"train {row.name}: {run.max_iters} iterations ({run.max_iters / steps_per_epoch:.2f} epochs "
                     f"of {steps_per_epoch}), batch {schedule.batch_size} = {processes.world_size} x "
-                    f"{per_process_batch}, device {processes.device}, amp {options.amp}"
+                    f"{per_process_batch}, device {processes.device}, amp {options.amp}, "
+                    f"{'channels-last' if run.channels_last else 'NCHW'}"
                     + (f", {run.synced_layers} synchronised BatchNorm layers" if run.synced_layers else ""))
 
     # Steps
@@ -216,7 +221,7 @@ def _loop(
                 data_wait += time.perf_counter() - step_end
                 lr = _lr(run)
                 images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-                if options.channels_last:
+                if run.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 try:
                     values, stop_requested = train_step(model, optimizer, scaler, images, targets, lr, amp=options.amp,
@@ -308,7 +313,8 @@ def _state_to_resume(
 
 
 def _prepare_model(
-    model: nn.Module | None, row: RowConfig, options: TrainOptions, processes: Processes, resumed: TrainState | None
+    model: nn.Module | None, row: RowConfig, options: TrainOptions, processes: Processes, resumed: TrainState | None,
+    channels_last: bool,
 ) -> tuple[nn.Module, int]:
     """The model with its starting weights, on the device, in training mode; synchronised BatchNorm and DDP
     when there are several processes. Returns (model, number of synchronised BatchNorm layers)."""
@@ -329,7 +335,7 @@ def _prepare_model(
         if all(path is None for path in started) and row.pretrained_backbone:
             _log(processes, f"note: the recipe starts from ImageNet weights ({row.pretrained_backbone}); "
                             "training from random initialisation (pass --pretrained-backbone FILE)")
-    return place_for_training(model, processes, options.channels_last)
+    return place_for_training(model, processes, channels_last)
 
 
 def _restore(run: _Run, state: TrainState, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
@@ -448,7 +454,7 @@ def _summary(run: _Run, session: float, start_iteration: int) -> TrainRecord:
         synchronized_batchnorm_layers=run.synced_layers,
         device=str(run.processes.device),
         amp=run.options.amp,
-        channels_last=run.options.channels_last,
+        channels_last=run.channels_last,
         seed=run.seed,
         wall_seconds=round(run.wall_before + session, 3),
         session_seconds=round(session, 3),

@@ -29,7 +29,9 @@ class TrainOptions:
     """"auto" (CUDA when available), "cpu", "cuda" or "cuda:N"; under torchrun CUDA means cuda:LOCAL_RANK."""
     amp: Amp = "fp32"
     """Autocast dtype: bf16 on CPU or CUDA; fp16 (with a GradScaler) on CUDA only."""
-    channels_last: bool = False
+    channels_last: bool | None = None
+    """Train in the channels-last memory format; None = where it is faster on this machine
+    (`engine.memory_format.channels_last_by_default`). CLI: --channels-last / --no-channels-last."""
     workers: int | None = None
     """Loader workers per process; None = the row's `schedule.workers_per_process`."""
     checkpoint: str | os.PathLike | None = None

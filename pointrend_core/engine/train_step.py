@@ -12,6 +12,7 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
+from pointrend_core.config import ScheduleConfig
 from pointrend_core.engine.distributed import Processes, sum_over_processes
 from pointrend_core.engine.precision import Amp, autocast
 
@@ -73,3 +74,10 @@ def train_step(
         total.backward()
         optimizer.step()
     return values, bool(stats[-1] > 0)
+
+
+def recipe_optimizer(model: nn.Module, schedule: ScheduleConfig) -> torch.optim.SGD:
+    """The recipe's SGD (momentum, weight decay on every parameter, as the reference), at `schedule.lr`; the
+    trainer sets each step's lr. Shared with `benchmarks/train.py` so that it times the trainer's optimiser."""
+    return torch.optim.SGD(model.parameters(), lr=schedule.lr, momentum=schedule.momentum,
+                           weight_decay=schedule.weight_decay)
