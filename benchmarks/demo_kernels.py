@@ -9,12 +9,13 @@ Each kernel set is one subprocess that runs exactly what the workbook's demo row
 (`workbook.training.train_and_evaluate` with the row's recipe, as notebooks/train_evaluate.ipynb calls it),
 with the environment that selects the kernels: PyTorch's ATen kernels through ATEN_CPU_CAPABILITY and oneDNN's
 (the convolutions) through ONEDNN_MAX_CPU_ISA. float32 results of the same recipe differ in the last bits
-between kernel sets, and a 360-step training from scratch carries those differences into its weights, so the
+between kernel sets, and a 560-step training from scratch carries those differences into its weights, so the
 figures differ by more than rounding; this script measures by how much.
 
 The demo's goals, checked per kernel set: every class at least 50 refined IoU, and the refinement's boundary
 gain (refined minus coarse boundary mIoU) at least 5 points. A kernel set this CPU cannot run (e.g. avx512 on an
-AVX2 machine) falls back to the best it has; the table's `capability` row says what each run really used.
+AVX2 machine) falls back to the best it has; the table's `capability` row says what each run really used (ATen's
+capability and whether oneDNN ran AVX-512), and `memory format` the layout the trainer picked by default there.
 The figures do not depend on the machine's load (the kernels and the thread count fix the arithmetic); the
 times do: they are this run's wall times, comparable only between runs on an otherwise idle machine.
 """
@@ -59,7 +60,9 @@ def run_one(out_dir: Path, data_root: Path, resume: bool) -> None:
     from pointrend_core.workbook.training import train_and_evaluate
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / CAPABILITY_FILE).write_text(torch.backends.cpu.get_cpu_capability() + "\n", encoding="utf-8")
+    from pointrend_core.engine.memory_format import machine_kernels
+
+    (out_dir / CAPABILITY_FILE).write_text(machine_kernels(torch.device("cpu")) + "\n", encoding="utf-8")
     started = time.perf_counter()
     train_and_evaluate(get_row("demo"), data_root, out_dir, resume=resume, overwrite=not resume)
     print(f"demo trained and evaluated in {time.perf_counter() - started:.0f} s: {out_dir / RUN_FILE}", flush=True)
@@ -107,6 +110,8 @@ def figures(record: RunRecord) -> dict[str, str]:
         "margin over 50": f"{scored[weakest] - CLASS_GOAL:+.2f}",
         "goals met": "yes" if scored[weakest] >= CLASS_GOAL and gain is not None and gain >= BOUNDARY_GAIN_GOAL
         else "NO",
+        "memory format": "-" if record.training is None else
+        ("channels-last" if record.training.channels_last else "NCHW"),
         "training s": _fmt(record.training.wall_seconds if record.training else None, 0),
         "evaluation s": _fmt(record.timing.seconds, 0),
     }

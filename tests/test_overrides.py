@@ -132,8 +132,8 @@ def test_a_test_size_far_below_the_images_is_said_once(tmp_path, capsys) -> None
     assert main(args) == 0
     err = capsys.readouterr().err
     assert err.count("note: the images of") == 1
-    assert ("are about 800 x 600 pixels, but the recipe tests at base_size 256 x 256 (long x short side), less than "
-            "half their size; to segment them at their own resolution pass --set data.base_size=800,600") in err
+    assert ("are about 800 x 600 pixels, but the recipe tests at base_size 256 x 256 (long x short side), half their "
+            "size or less; to segment them at their own resolution pass --set data.base_size=800,600") in err
 
 
 def test_both_row_notebooks_declare_the_overrides_parameter() -> None:

@@ -111,7 +111,7 @@ def check_before_training(train: SegmentationDataset, layout: type[SegmentationD
 
 
 def resolution_note(dataset: SegmentationDataset, base_size: Sequence[int]) -> str | None:
-    """A sentence when the recipe's test size (`base_size`, long and short side) is less than half the size of
+    """A sentence when the recipe's test size (`base_size`, long and short side) is at most half the size of
     the dataset's first image: PointRend would then refine a map far coarser than the images it is used on."""
     try:
         height, width = dataset.load_image(0).shape[-2:]
@@ -121,7 +121,7 @@ def resolution_note(dataset: SegmentationDataset, base_size: Sequence[int]) -> s
     if long_side < 2 * base_size[0] and short_side < 2 * base_size[1]:
         return None
     return (f"note: the images of {dataset.root} are about {width} x {height} pixels, but the recipe tests at "
-            f"base_size {base_size[0]} x {base_size[1]} (long x short side), less than half their size; to segment "
+            f"base_size {base_size[0]} x {base_size[1]} (long x short side), half their size or less; to segment "
             f"them at their own resolution pass --set data.base_size={long_side},{short_side} (and a larger "
             "data.crop_size for training); see docs/own-data.md")
 
