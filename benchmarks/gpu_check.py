@@ -37,6 +37,9 @@ to a temporary folder first; every step runs in a subprocess with a timeout, so 
    `torch.no_grad()`, logits only (no resize to an original size, no argmax), and half precision by autocast
    (inside the prepared model) rather than mmcv's `wrap_fp16_model` (which casts the weights). One subprocess
    per row and size.
+6. Last (the longest, and informational): the same training step, bf16 where the GPU has it, under
+   `torch.compile` against eager in the default layout: time per step and compile time. On a 2-core CPU
+   compiling gained nothing (docs/training-speed.md); whether it pays on a GPU is what this measures.
 
 `--rehearse-on-cpu` runs the same steps on the CPU, for a machine without a GPU: gloo instead of NCCL, 2
 processes for the torchrun steps (so the trainer's own synchronised BatchNorm runs too), fp32 where the GPU
@@ -49,9 +52,9 @@ Not checked from outside: the trainer turns `torch.backends.cudnn.benchmark` on 
 
 Budget: every step gets its own timeout, capped by what is left of `--budget` seconds (default 480 = 8 min);
 steps that no longer fit are reported as not run. Expected times on one data-centre GPU (estimates, not yet
-measured): 15-30 s per training step (mostly process start-up), 20-40 s per
-memory-format step, 15-110 s per throughput row and size (four
-variants). On a slower GPU lower `--images` or raise `--budget` rather than read "not run" as a failure of the
+measured): 15-30 s per training step (mostly process start-up), 20-40 s per memory-format step, 15-110 s
+per throughput row and size (four variants), 1-3 min for the compile step (the last: when the budget runs out
+first, only it is not run). On a slower GPU lower `--images` or raise `--budget` rather than read "not run" as a failure of the
 package.
 
 Reading the output: one line per step while it runs, then one table: `step` (what ran), `result` (pass, FAIL
@@ -546,11 +549,9 @@ def check_train_layout(ctx: Context, amp: str) -> CheckResult:
         return CheckResult(name, True, 0.0, "skipped: GPU has no bf16 (torch.cuda.is_bf16_supported() is False)")
     size = ["--crop", "128", "128", "--batch-size", "2", "--iters", "1"] if ctx.rehearsal else \
         ["--batch-size", "8", "--iters", "5", "--warmup", "2"]
-    done = ctx.run(name, [sys.executable, str(REPO / "benchmarks" / "train.py"), "--device", ctx.device,
-                          "--amp", amp, "--eval-images", "0", "--json", *size], 240)
-    if not done.ok:
+    done, found = benchmark_json(ctx, name, ["--amp", amp, *size], 240)
+    if found is None:
         return ctx.fail(name, done.seconds, error_line(done.output), done.output)
-    found = json.loads([line for line in done.output.splitlines() if line.startswith("{")][-1])
     seconds = {r["layout"]: r["seconds"] for r in found["results"] if "layout" in r}
     default = found["default_layout"]
     other = "nchw" if default == "channels-last" else "channels-last"
@@ -563,6 +564,32 @@ def check_train_layout(ctx: Context, amp: str) -> CheckResult:
         return ctx.fail(name, done.seconds, detail + ": the default is the slower layout on this GPU; "
                                                      "engine/memory_format.py's CUDA rule needs this device")
     return CheckResult(name, True, done.seconds, detail)
+
+
+def benchmark_json(ctx: Context, name: str, arguments: Sequence[str], limit: float) -> tuple[Completed, dict | None]:
+    """Run `benchmarks/train.py --json` with `arguments` on the context's device; (process, its JSON or None)."""
+    done = ctx.run(name, [sys.executable, str(REPO / "benchmarks" / "train.py"), "--device", ctx.device,
+                          "--eval-images", "0", "--json", *arguments], limit)
+    lines = [line for line in done.output.splitlines() if line.startswith("{")]
+    return done, json.loads(lines[-1]) if done.ok and lines else None
+
+
+def check_train_compile(ctx: Context) -> CheckResult:
+    """The training step (bf16 where the GPU has it) under `torch.compile` against eager, in the default layout:
+    whether compiling the model would pay on this GPU. Informational: passes whenever both steps run."""
+    amp = "bf16" if ctx.bf16 else "fp32"
+    name = f"train step torch.compile ({amp})"
+    size = ["--config", "demo", "--crop", "64", "64", "--batch-size", "2", "--iters", "1"] if ctx.rehearsal else \
+        ["--batch-size", "8", "--iters", "5", "--warmup", "2"]
+    done, found = benchmark_json(ctx, name, ["--amp", amp, "--compile", *size], 420)
+    if found is None:
+        return ctx.fail(name, done.seconds, error_line(done.output), done.output)
+    steps = {r["layout"]: r for r in found["results"] if "layout" in r}
+    eager, compiled = steps[found["default_layout"]], steps[f"{found['default_layout']} + compile"]
+    return CheckResult(name, True, done.seconds,
+                       f"eager {eager['seconds']:.3f} s, compiled {compiled['seconds']:.3f} s per step "
+                       f"({compiled['seconds'] / eager['seconds']:.2f} x), compiling {compiled['first_step_s']:.0f} s"
+                       + (" (a rehearsal: not judged)" if ctx.rehearsal else ""))
 
 
 def check_throughput(ctx: Context, row: str, size: tuple[int, int]) -> list[CheckResult]:
@@ -758,6 +785,7 @@ def run_checks(ctx: Context) -> list[CheckResult]:
     for size in ctx.sizes:
         for row in THROUGHPUT_ROWS:
             steps.append((f"eval {row} {size[0]}x{size[1]}", lambda row=row, size=size: check_throughput(ctx, row, size)))
+    steps.append(("train step torch.compile", lambda: check_train_compile(ctx)))  # last: the longest, informational
 
     needs_demo = ("train --amp", "torchrun train", "resume")
     results: list[CheckResult] = []

@@ -101,17 +101,16 @@ def blob_targets(batch: int, height: int, width: int, num_classes: int, generato
 
 
 def timed_steps(step, args, device: torch.device, label: str) -> list[float]:
-    """Seconds of each timed call of `step()` (the first `args.warmup` calls untimed)."""
+    """Seconds of every call of `step()`: `args.warmup` untimed ones (a compiled step compiles in the first),
+    then `args.iters` timed ones."""
     times = []
     for n in range(args.warmup + args.iters):
         begin = time.perf_counter()
         loss = step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        if n >= args.warmup:
-            times.append(time.perf_counter() - begin)
-        print(f"  {label} {n + 1}/{args.warmup + args.iters}: {time.perf_counter() - begin:.2f} s, loss {loss:.3f}",
-              file=sys.stderr)
+        times.append(time.perf_counter() - begin)
+        print(f"  {label} {n + 1}/{args.warmup + args.iters}: {times[-1]:.2f} s, loss {loss:.3f}", file=sys.stderr)
     return times
 
 
@@ -124,9 +123,11 @@ def training_batch(row, device, args, channels_last: bool) -> tuple[torch.Tensor
     return images, blob_targets(args.batch_size, height, width, row.model.num_classes, generator).to(device)
 
 
-def benchmark_training(model, row, device, args, channels_last: bool) -> dict:
-    """The trainer's own step (lr set, forward under autocast, NaN check, backward, SGD step) in one layout."""
+def benchmark_training(model, row, device, args, channels_last: bool, compiled: bool = False) -> dict:
+    """The trainer's own step (lr set, forward under autocast, NaN check, backward, SGD step) in one layout;
+    `compiled`: the model under `torch.compile` (what a trainer option would run; not one yet)."""
     model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    net = torch.compile(model) if compiled else model
     schedule = row.schedule
     optimizer = recipe_optimizer(model, schedule)
     scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
@@ -135,13 +136,17 @@ def benchmark_training(model, row, device, args, channels_last: bool) -> dict:
     start_phase(device)
 
     def step() -> float:
-        losses, _ = train_step(model, optimizer, scaler, images, targets, schedule.lr, amp=args.amp)
+        losses, _ = train_step(net, optimizer, scaler, images, targets, schedule.lr, amp=args.amp)
         return sum(losses.values())
 
-    layout = "channels-last" if channels_last else "NCHW"
+    layout = ("channels-last" if channels_last else "NCHW") + (" + torch.compile" if compiled else "")
     times = timed_steps(step, args, device, f"train step ({layout})")
     del optimizer
-    return training_result(f"train step, {layout}", times, args, phase_peak_mib(device))
+    result = training_result(f"train step, {layout}", times[args.warmup:], args, phase_peak_mib(device))
+    if compiled:
+        result["first_step_s"] = times[0]
+        result["phase"] += f" (first step {times[0]:.0f} s)"
+    return result
 
 
 def training_result(phase: str, times: list[float], args, peak_mib: float) -> dict:
@@ -185,7 +190,7 @@ def benchmark_reference_training(row, device, args) -> dict | None:
         optimizer.step()
         return loss.item()
 
-    times = timed_steps(step, args, device, "reference step")
+    times = timed_steps(step, args, device, "reference step")[args.warmup:]
     return training_result("train step, sssegmentation", times, args, phase_peak_mib(device))
 
 
@@ -247,6 +252,9 @@ def main(argv: list[str] | None = None) -> None:
                         default="fp32")
     parser.add_argument("--layouts", nargs="+", choices=("nchw", "channels-last"), default=("nchw", "channels-last"),
                         help="memory formats to time the training step in (default: both)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the step with the model under torch.compile, in the default layout (the "
+                             "first, untimed step compiles: keep --warmup at least 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     parser.add_argument("--ssseg-root", type=Path, default=None,
                         help="unpacked sssegmentation 1.7.0 source: time its own step too (see make_ssseg_golden.py)")
@@ -255,6 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true",
                         help="also print the results as one JSON line (last line of stdout), for gpu_check.py")
     args = parser.parse_args(argv)
+    if args.compile and args.warmup < 1:
+        parser.error("--compile needs --warmup 1 or more: the first step compiles and must not be timed")
 
     row = get_row(args.config)
     args.crop = tuple(args.crop or row.data.crop_size)
@@ -284,6 +294,11 @@ def main(argv: list[str] | None = None) -> None:
         result["layout"] = layout
         if layout == default_layout:
             result["phase"] += " (the trainer's default here)"
+        results.append(result)
+    if args.compile:
+        result = benchmark_training(model, row, device, args, channels_last=default_layout == "channels-last",
+                                    compiled=True)
+        result["layout"] = f"{default_layout} + compile"
         results.append(result)
     if reference is not None:
         for result in results:

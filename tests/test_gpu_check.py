@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import os
 import socket
 import subprocess
@@ -229,3 +230,54 @@ def test_a_throughput_step_reads_every_variant_and_reports_a_missing_one(tmp_pat
 def test_a_rehearsal_defaults_to_a_few_images() -> None:
     assert gpu_check.parse_args(["--rehearse-on-cpu"]).images == gpu_check.REHEARSAL_IMAGES == 7
     assert gpu_check.parse_args(["--rehearse-on-cpu", "--images", "9"]).images == 9
+
+
+def _benchmark_context(tmp_path: Path, output: str, returncode: int = 0, device: str = "cuda"):
+    """A Context whose commands 'print' `output` instead of running."""
+    ctx = gpu_check.Context(work=tmp_path, gpus=1, bf16=True, images=7, verbose=False,
+                            deadline=time.monotonic() + 600, device=device)
+    ran: list[list[str]] = []
+
+    def run(name: str, command, limit: float):
+        ran.append(list(command))
+        return gpu_check.Completed(returncode, output, 3.0)
+
+    ctx.run = run  # type: ignore[method-assign]
+    return ctx, ran
+
+
+def _benchmark_output(default: str, nchw: float, channels_last: float, compiled: float | None = None) -> str:
+    results = [{"phase": "baseline", "seconds": None},
+               {"phase": "train step, NCHW", "seconds": nchw, "layout": "nchw"},
+               {"phase": "train step, channels-last", "seconds": channels_last, "layout": "channels-last"}]
+    if compiled is not None:
+        results.append({"phase": "compiled", "seconds": compiled, "first_step_s": 80.0, "layout": f"{default} + compile"})
+    return "| a table |\n" + json.dumps({"default_layout": default, "kernels": "GPU", "results": results}) + "\n"
+
+
+def test_the_layout_step_fails_when_the_default_is_the_slower_layout(tmp_path: Path) -> None:
+    ctx, ran = _benchmark_context(tmp_path, _benchmark_output("channels-last", nchw=0.40, channels_last=0.30))
+    good = gpu_check.check_train_layout(ctx, "bf16")
+    assert good.passed and "default here channels-last (0.75 x nchw)" in good.detail
+    assert ran[0][1].endswith("benchmarks/train.py") and ["--amp", "bf16"] == ran[0][ran[0].index("--amp"):][:2]
+    assert "--json" in ran[0] and "--device" in ran[0]
+
+    ctx, _ = _benchmark_context(tmp_path, _benchmark_output("nchw", nchw=0.40, channels_last=0.30))
+    bad = gpu_check.check_train_layout(ctx, "fp32")
+    assert not bad.passed
+    assert "default here nchw (1.33 x channels-last): the default is the slower layout on this GPU" in bad.detail
+
+    ctx, _ = _benchmark_context(tmp_path, _benchmark_output("nchw", nchw=0.41, channels_last=0.40))
+    assert gpu_check.check_train_layout(ctx, "fp32").passed  # within 5 %
+
+    ctx, _ = _benchmark_context(tmp_path, "Traceback ...\nRuntimeError: CUDA out of memory\n", returncode=1)
+    failed = gpu_check.check_train_layout(ctx, "fp32")
+    assert not failed.passed and "CUDA out of memory" in failed.detail
+
+
+def test_the_compile_step_reports_both_times_and_the_compile_time(tmp_path: Path) -> None:
+    ctx, ran = _benchmark_context(tmp_path, _benchmark_output("channels-last", 0.40, 0.30, compiled=0.24))
+    result = gpu_check.check_train_compile(ctx)
+    assert result.passed and result.name == "train step torch.compile (bf16)"
+    assert result.detail == "eager 0.300 s, compiled 0.240 s per step (0.80 x), compiling 80 s"
+    assert "--compile" in ran[0]
