@@ -36,7 +36,8 @@ from pointrend_core.engine.intervals import (
 )
 from pointrend_core.engine.metrics import mean_iou_from_counts
 from pointrend_core.engine.records import RunRecord
-from pointrend_core.workbook.tables import interval_table, results_table, verdict_text
+from pointrend_core.workbook.runs_table import results_table
+from pointrend_core.workbook.tables import interval_table, verdict_text
 
 # --- synthetic counts -------------------------------------------------------------------------------------
 

@@ -112,7 +112,7 @@ def test_a_folder_dataset_trains_and_evaluates_at_the_overridden_sizes(shapes, t
 
 
 def test_a_run_with_overrides_is_shown_beside_its_row_never_as_it(tmp_path) -> None:
-    from pointrend_core.workbook.tables import results_table
+    from pointrend_core.workbook.runs_table import results_table
 
     metrics = {name: {"mIoU": value, "boundary_mIoU": value - 10} for name, value in (("refined", 70.0), ("coarse", 65.0))}
     for folder, overrides in (("pointrend_r50_voc+1a2b3c", ["data.crop_size=384,384"]),):

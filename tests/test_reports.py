@@ -11,15 +11,8 @@ import pytest
 from pointrend_core.config import ROWS
 from pointrend_core.workbook.html import write_index_html
 from pointrend_core.workbook.status import RowStatus, read_status, read_statuses
-from pointrend_core.workbook.tables import (
-    NOT_RUN,
-    TABLE_COLUMNS,
-    collect_runs,
-    format_duration,
-    per_class_table,
-    results_table,
-    run_overview,
-)
+from pointrend_core.workbook.runs_table import NOT_RUN, TABLE_COLUMNS, collect_runs, results_table
+from pointrend_core.workbook.tables import format_duration, per_class_table, run_overview
 
 
 def _metrics(miou: float, boundary: float, classes: list[str]) -> dict:

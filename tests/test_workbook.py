@@ -31,7 +31,7 @@ from pointrend_core.workbook.runner import (
     run_rows,
 )
 from pointrend_core.workbook.status import RowStatus, read_status
-from pointrend_core.workbook.tables import NOT_RUN, collect_runs
+from pointrend_core.workbook.runs_table import NOT_RUN, collect_runs
 
 REPO = Path(__file__).resolve().parent.parent
 R50_ROWS = ["pointrend_r50_voc", "pointrend_r50_ade20k", "pointrend_r50_cityscapes"]
@@ -410,7 +410,7 @@ def test_subdivision_sweep_defaults_include_the_rows_own_setting() -> None:
 
 
 def test_runs_display_is_readable_without_nan(tmp_path: Path) -> None:
-    from pointrend_core.workbook.tables import RUNS_DISPLAY_COLUMNS, runs_display
+    from pointrend_core.workbook.runs_table import RUNS_DISPLAY_COLUMNS, runs_display
 
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "run.json").write_text(json.dumps(

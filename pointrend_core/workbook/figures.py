@@ -405,7 +405,7 @@ def plot_sweep(sweep: pd.DataFrame) -> Figure:
 def plot_results(runs: pd.DataFrame) -> Figure:
     """Per evaluated row: published vs reproduced (refined) vs coarse mIoU, and boundary IoU refined vs coarse.
 
-    `runs` is `workbook.tables.collect_runs`'s table (one line per run; scores in percent). Rows without a
+    `runs` is `workbook.runs_table.collect_runs`'s table (one line per run; scores in percent). Rows without a
     published number (demo) simply have no published bar.
     """
     if runs.empty:

@@ -14,7 +14,8 @@ from nbconvert import HTMLExporter
 from pointrend_core.config import ROWS
 from pointrend_core.files import atomic_write_text
 from pointrend_core.workbook.status import RowStatus, read_statuses
-from pointrend_core.workbook.tables import NOT_RUN, results_table, to_the_minute
+from pointrend_core.workbook.runs_table import NOT_RUN, results_table
+from pointrend_core.workbook.tables import to_the_minute
 
 REPORT_TEMPLATE = Path(__file__).resolve().parent / "report_template" / "report.html.j2"
 """nbconvert template of the reports: JupyterLab's look, inputs hidden, a link back to the index, the run's

@@ -47,7 +47,7 @@ from pointrend_core.workbook.html import render_html, write_index_html
 from pointrend_core.workbook.notebook_progress import CELL_REPORTING_ENGINE, NotebookProgress
 from pointrend_core.workbook.status import RowStatus, read_status
 from pointrend_core.workbook.summary import terminal_summary
-from pointrend_core.workbook.tables import unreadable_runs
+from pointrend_core.workbook.runs_table import unreadable_runs
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 """The notebooks of a source checkout (they are not part of the installed package)."""
