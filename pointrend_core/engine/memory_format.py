@@ -2,7 +2,7 @@
 are faster in it, NCHW (the reference's) elsewhere.
 
 What decides it is oneDNN, which runs the CPU convolutions (80% of a training step): measured with
-`benchmarks/train.py` (R-50 VOC step, 512 x 512, batch 2; docs/performance.md), channels-last is faster where
+`benchmarks/train.py` (R-50 VOC step, 512 x 512, batch 2; docs/training-speed.md), channels-last is faster where
 oneDNN uses its AVX-512 kernels and slower where it is held to AVX2, whatever ATen's own capability
 (`ATEN_CPU_CAPABILITY`) is. On CUDA under autocast (bf16/fp16) the tensor-core convolutions want channels-last
 (cuDNN's NHWC kernels); in float32, which this package runs without TF32 as the reference does, NCHW stays.
