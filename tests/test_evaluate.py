@@ -455,10 +455,29 @@ def test_evaluate_run_without_train_json_and_with_bad_one(tmp_path: Path, fake_t
     record = evaluate_run(row, None, None, tmp_path, model=Oracle4Fake(), max_images=1, progress=False)
     assert record.training is None and record.checkpoint is None
     assert record.delta_refined_minus_published_mIoU is None
-    assert record.data.root == "data/tiny" and record.data.num_images == 1
+    assert record.data.root == str(Path("data/tiny").resolve()) and record.data.num_images == 1
     (tmp_path / "run.json").unlink()  # that evaluation keeps its record otherwise
     (tmp_path / "train.json").write_text("{not json")
     monkeypatch.setattr(evaluate_module, "load_checkpoint", lambda model, path: {})
     monkeypatch.setattr(evaluate_module, "check_checkpoint_path", Path)  # no file: the load is faked
     with pytest.raises(ValueError, match=r"train\.json: not a valid JSON training summary"):
         evaluate_run(row, tmp_path / "checkpoint_final.pth", None, tmp_path, model=Oracle4Fake(), progress=False)
+
+
+def test_an_evaluation_is_the_same_one_from_another_working_directory(
+    tmp_path: Path, fake_transforms: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record keeps the data root absolute: given relative from one directory and absolute from another,
+    it is the same evaluation, which refreshes its record (an evaluation of other data would be refused)."""
+    row = replace(_tiny_row(), published_miou=None)
+    out = tmp_path / "run"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    first = evaluate_run(row, None, "data/tiny", out, model=Oracle4Fake(), max_images=1, progress=False)
+    assert first.data.root == str(tmp_path / "data" / "tiny")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    again = evaluate_run(row, None, tmp_path / "data" / "tiny", out, model=Oracle4Fake(), max_images=1,
+                         progress=False)
+    assert again.data.root == first.data.root
+    with pytest.raises(ValueError, match="pass another --out"):
+        evaluate_run(row, None, "data/tiny", out, model=Oracle4Fake(), max_images=1, progress=False)  # other data

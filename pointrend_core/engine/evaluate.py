@@ -431,7 +431,7 @@ def evaluate_run(
         precision=precision, compile=compile, progress=progress, max_images=max_images, workers=workers,
     )
     intervals = write_counts_and_intervals(folder.image_counts, result.counts, classes)
-    record = _run_record(row, key, checkpoint, root, len(dataset), classes, result, compile, device, training,
+    record = _run_record(row, key, checkpoint, len(dataset), classes, result, compile, device, training,
                          intervals)
     if rank_and_world_size()[0] == 0:
         record.write(folder.run_record)
@@ -439,10 +439,10 @@ def evaluate_run(
 
 
 def _run_record(
-    row: RowConfig, key: EvaluationKey, checkpoint: str | None, root: Path, dataset_size: int, classes: Sequence[str],
+    row: RowConfig, key: EvaluationKey, checkpoint: str | None, dataset_size: int, classes: Sequence[str],
     result: EvalResult, compile: bool, device: str | torch.device, training: Any, intervals: Any,
 ) -> RunRecord:
-    """The run.json of an evaluation (`key`: what was evaluated; `checkpoint` and `root` as given, for the record)
+    """The run.json of an evaluation (`key`: what was evaluated, its paths absolute, as the record keeps them)
     of `row`: metrics in percent, the published number only for the recipe itself (a row with overrides is
     never compared with it)."""
     refined = _output_metrics(result.refined, result.refined_boundary, classes)
@@ -452,7 +452,7 @@ def _run_record(
         row=row.name,
         config=config_json(row),
         checkpoint=str(checkpoint) if checkpoint is not None else None,
-        data=DataRecord(dataset=key.dataset, root=str(root), split=key.split, num_images=result.num_images,
+        data=DataRecord(dataset=key.dataset, root=key.root, split=key.split, num_images=result.num_images,
                         dataset_size=dataset_size, max_images=key.max_images, classes=list(classes)),
         published_mIoU=published,
         metrics=Metrics(refined, coarse),

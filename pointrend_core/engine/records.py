@@ -97,6 +97,7 @@ class DataRecord:
 
     dataset: str | None = None
     root: str | None = None
+    """Absolute since evaluations are keyed by it (records written before kept the root as given)."""
     split: str | None = None
     num_images: int | None = None
     dataset_size: int | None = None
