@@ -122,12 +122,17 @@ class _Run:
     last_line: LogLine | None = None
     """The latest training window logged (carried in the checkpoint, so train.json has it after a resume)."""
     synced_layers: int = 0
-    channels_last: bool = False
-    """The memory format the model and batches are in: the option, or this machine's default."""
 
     @property
     def checkpoint_every(self) -> int:
         return self.options.checkpoint_every or self.steps_per_epoch
+
+    @property
+    def channels_last(self) -> bool:
+        """The memory format the model and batches are in: the option, or this machine's default."""
+        if self.options.channels_last is not None:
+            return self.options.channels_last
+        return channels_last_by_default(self.processes.device, self.options.amp)
 
 
 def _train(
@@ -152,8 +157,6 @@ def _train(
 
     # Model and optimiser
     torch.manual_seed(seed)  # identical initial weights in every process
-    run.channels_last = (options.channels_last if options.channels_last is not None
-                         else channels_last_by_default(processes.device, options.amp))
     model, run.synced_layers = _prepare_model(model, row, options, processes, resumed, run.channels_last)
     schedule = row.schedule
     optimizer = recipe_optimizer(model, schedule)
