@@ -581,7 +581,7 @@ def check_train_compile(ctx: Context) -> CheckResult:
     name = f"train step torch.compile ({amp})"
     size = ["--config", "demo", "--crop", "64", "64", "--batch-size", "2", "--iters", "1"] if ctx.rehearsal else \
         ["--batch-size", "8", "--iters", "5", "--warmup", "2"]
-    done, found = benchmark_json(ctx, name, ["--amp", amp, "--compile", *size], 420)
+    done, found = benchmark_json(ctx, name, ["--amp", amp, "--compile", "--layouts", "default", *size], 420)
     if found is None:
         return ctx.fail(name, done.seconds, error_line(done.output), done.output)
     steps = {r["layout"]: r for r in found["results"] if "layout" in r}

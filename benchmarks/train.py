@@ -21,6 +21,7 @@ own peak, which includes the model, the optimizer state and the Python/torch run
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import sys
@@ -141,7 +142,6 @@ def benchmark_training(model, row, device, args, channels_last: bool, compiled: 
 
     layout = ("channels-last" if channels_last else "NCHW") + (" + torch.compile" if compiled else "")
     times = timed_steps(step, args, device, f"train step ({layout})")
-    del optimizer
     result = training_result(f"train step, {layout}", times[args.warmup:], args, phase_peak_mib(device))
     if compiled:
         result["first_step_s"] = times[0]
@@ -156,9 +156,18 @@ def training_result(phase: str, times: list[float], args, peak_mib: float) -> di
             "peak_mib": peak_mib}
 
 
+def same_network_as_the_reference(row) -> bool:
+    """Whether `row`'s model is the reference config's (`make_ssseg_golden.reference_config`, the R-50 VOC
+    row's) up to the depth and the classes, which `benchmark_reference_training` sets: every table row is."""
+    reference = dataclasses.replace(get_row("pointrend_r50_voc").model, depth=row.model.depth,
+                                    num_classes=row.model.num_classes)
+    return row.model == reference
+
+
 def benchmark_reference_training(row, device, args) -> dict | None:
     """sssegmentation's own PointRend step, as its train.py runs it (zero_grad, forward in TRAIN mode,
-    loss.backward(), SGD step; NCHW, autocast for bf16/fp16), on the same batch; None when it cannot be loaded.
+    loss.backward(), SGD step; NCHW; autocast for bf16/fp16, and a GradScaler for fp16 as its "pytorch" fp16
+    mode), on the same batch; None without `--ssseg-root`.
 
     The reference is loaded as `tests/data/make_ssseg_golden.py` loads it (`--ssseg-root`, `--mmcv-root`,
     `--extra-path`); its weights are its own random initialisation, which does not change the step's time."""
@@ -177,6 +186,7 @@ def benchmark_reference_training(row, device, args) -> dict | None:
     schedule = row.schedule
     optimizer = torch.optim.SGD(model.parameters(), lr=schedule.lr, momentum=schedule.momentum,
                                 weight_decay=schedule.weight_decay)
+    scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
     images, targets = training_batch(row, device, args, channels_last=False)
     targets = targets.masked_fill(targets == IGNORE_INDEX, reference.REFERENCE_IGNORE)
     model.train()
@@ -186,8 +196,13 @@ def benchmark_reference_training(row, device, args) -> dict | None:
         optimizer.zero_grad()
         with autocast(device, args.amp):
             loss = model(input_cls(images=images, seg_targets=targets, mode="TRAIN")).loss
-        loss.backward()
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         return loss.item()
 
     times = timed_steps(step, args, device, "reference step")[args.warmup:]
@@ -250,8 +265,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-size", type=int, nargs=2, default=(512, 683), metavar=("H", "W"))
     parser.add_argument("--amp", type=lambda text: OLD_SPELLINGS.get(text, text), choices=tuple(AMP_DTYPES),
                         default="fp32")
-    parser.add_argument("--layouts", nargs="+", choices=("nchw", "channels-last"), default=("nchw", "channels-last"),
-                        help="memory formats to time the training step in (default: both)")
+    parser.add_argument("--layouts", nargs="+", choices=("nchw", "channels-last", "default"),
+                        default=("nchw", "channels-last"),
+                        help="memory formats to time the training step in (default: both; 'default': the one the "
+                             "trainer picks here)")
     parser.add_argument("--compile", action="store_true",
                         help="also time the step with the model under torch.compile, in the default layout (the "
                              "first, untimed step compiles: keep --warmup at least 1)")
@@ -267,6 +284,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--compile needs --warmup 1 or more: the first step compiles and must not be timed")
 
     row = get_row(args.config)
+    if args.ssseg_root is not None and not same_network_as_the_reference(row):
+        parser.error(f"--ssseg-root: {row.name}'s network is not sssegmentation's PointRend (other widths or "
+                     "points); the reference step can be timed for the table rows only")
     args.crop = tuple(args.crop or row.data.crop_size)
     device = resolve_device(args.device)
     if args.threads:
@@ -289,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     reference = benchmark_reference_training(row, device, args)
     if reference is not None:
         results.append(reference)
-    for layout in args.layouts:
+    for layout in dict.fromkeys(default_layout if name == "default" else name for name in args.layouts):
         result = benchmark_training(model, row, device, args, channels_last=layout == "channels-last")
         result["layout"] = layout
         if layout == default_layout:

@@ -280,4 +280,4 @@ def test_the_compile_step_reports_both_times_and_the_compile_time(tmp_path: Path
     result = gpu_check.check_train_compile(ctx)
     assert result.passed and result.name == "train step torch.compile (bf16)"
     assert result.detail == "eager 0.300 s, compiled 0.240 s per step (0.80 x), compiling 80 s"
-    assert "--compile" in ran[0]
+    assert "--compile" in ran[0] and ran[0][ran[0].index("--layouts") + 1] == "default"

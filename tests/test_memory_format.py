@@ -29,6 +29,7 @@ def test_onednn_avx512_needs_the_cpu_flag_and_no_lower_cap(
     monkeypatch: pytest.MonkeyPatch, hardware: bool, limit: str | None, expected: bool
 ) -> None:
     monkeypatch.setattr(torch.cpu, "_is_avx512_supported", lambda: hardware)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     if limit is None:
         monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     else:
@@ -44,8 +45,19 @@ def test_aten_capability_alone_does_not_decide(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(torch.cpu, "_is_avx512_supported", lambda: True)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     assert channels_last_by_default(torch.device("cpu"), "fp32") is True
     assert machine_kernels(torch.device("cpu")) == "ATen AVX2, oneDNN AVX-512"
+
+
+def test_the_older_variable_name_caps_too_and_the_current_one_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_supported", lambda: True)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX2")
+    assert channels_last_by_default(torch.device("cpu"), "fp32") is False
+    assert machine_kernels(torch.device("cpu")).endswith("oneDNN below AVX-512 (DNNL_MAX_CPU_ISA=AVX2)")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")
+    assert channels_last_by_default(torch.device("cpu"), "fp32") is True
 
 
 def test_cuda_runs_channels_last_under_autocast_only() -> None:

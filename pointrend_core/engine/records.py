@@ -49,7 +49,8 @@ class TrainRecord:
     device: str | None = None
     amp: str | None = None
     channels_last: bool = False
-    """The memory format the training ran in: the option, or this machine's default (`engine.memory_format`)."""
+    """The memory format the training ran in: the option, or this machine's default (`engine.memory_format`);
+    of the last session, when a run was resumed elsewhere."""
     seed: int | None = None
     wall_seconds: float | None = None
     """Training wall time over every session (resumes included)."""

@@ -25,6 +25,7 @@ per-process batch. Only rank 0 writes files.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import signal
 import sys
@@ -127,9 +128,10 @@ class _Run:
     def checkpoint_every(self) -> int:
         return self.options.checkpoint_every or self.steps_per_epoch
 
-    @property
+    @functools.cached_property
     def channels_last(self) -> bool:
-        """The memory format the model and batches are in: the option, or this machine's default."""
+        """The memory format the model and batches are in: the option, or this machine's default (fixed for
+        the session; a run resumed on another machine may continue in the other layout)."""
         if self.options.channels_last is not None:
             return self.options.channels_last
         return channels_last_by_default(self.processes.device, self.options.amp)

@@ -22,7 +22,7 @@ from pointrend_core.config import DATASETS, ROWS
 from pointrend_core.engine.intervals import NO_INTERVAL, RunIntervals, gain_text, verdict
 from pointrend_core.engine.records import RunRecord, TrainRecord
 from pointrend_core.engine.run_folder import RunFolder
-from pointrend_core.workbook.tables import format_duration, interval_cell, run_intervals, score, to_the_minute
+from pointrend_core.workbook.tables import format_duration, interval_cell, nan_if_none, run_intervals, to_the_minute
 
 NOT_RUN = "not run"
 
@@ -84,12 +84,12 @@ def run_summary(run: RunRecord, path: str | os.PathLike) -> dict[str, Any]:
         "row": run.row,
         "dataset": dataset_label(run.data.dataset, run.data.root),
         "run_dir": str(Path(path).parent),
-        "published_miou": score(run.published_mIoU),
-        "miou_refined": score(refined.mIoU),
-        "miou_coarse": score(coarse.mIoU),
-        "boundary_iou_refined": score(refined.boundary_mIoU),
-        "boundary_iou_coarse": score(coarse.boundary_mIoU),
-        "train_seconds": score(training.wall_seconds),
+        "published_miou": nan_if_none(run.published_mIoU),
+        "miou_refined": nan_if_none(refined.mIoU),
+        "miou_coarse": nan_if_none(coarse.mIoU),
+        "boundary_iou_refined": nan_if_none(refined.boundary_mIoU),
+        "boundary_iou_coarse": nan_if_none(coarse.boundary_mIoU),
+        "train_seconds": nan_if_none(training.wall_seconds),
         "train_iters": training.iterations,
         "hardware": hardware(training.environment or run.environment, training.world_size),
         "checkpoint": run.checkpoint,

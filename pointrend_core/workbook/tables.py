@@ -3,7 +3,7 @@ records and configs only (the tables over a folder of runs are `workbook.runs_ta
 
 - one run: `run_overview`, `per_class_table`, `interval_table` and `verdict_text`; a recipe: `recipe_table`,
   `point_settings_table`; a sweep: `sweep_table`;
-- shared with the runs table and the terminal summary: `run_intervals`, `interval_cell`, `score`,
+- shared with the runs table and the terminal summary: `run_intervals`, `interval_cell`, `nan_if_none`,
   `format_duration`, `to_the_minute`.
 
 Scores are percentages (the model zoo publishes mIoU in %); the difference is reproduced minus published,
@@ -36,7 +36,7 @@ from pointrend_core.engine.records import RunRecord
 from pointrend_core.engine.run_folder import RunFolder
 
 
-def score(value: Any) -> float:
+def nan_if_none(value: Any) -> float:
     """run.json holds percentages, null for what could not be scored."""
     return float("nan") if value is None else float(value)
 
@@ -66,7 +66,7 @@ def run_overview(run: RunRecord | Mapping[str, Any]) -> pd.DataFrame:
     outputs = {"refined": metrics.refined, "coarse": metrics.coarse}
     table = pd.DataFrame(
         {
-            name: {key: score(getattr(output, key)) for key in ("mIoU", "aAcc", "mAcc", "boundary_mIoU")}
+            name: {key: nan_if_none(getattr(output, key)) for key in ("mIoU", "aAcc", "mAcc", "boundary_mIoU")}
             for name, output in outputs.items()
         }
     ).T
@@ -86,7 +86,7 @@ def per_class_table(run: RunRecord | Mapping[str, Any]) -> pd.DataFrame:
         "boundary IoU coarse": coarse.boundary_IoU,
     }
     table = pd.DataFrame({name: pd.Series(values, dtype=float) for name, values in columns.items()})
-    table.loc["mean"] = [score(v) for v in (refined.mIoU, coarse.mIoU, refined.boundary_mIoU, coarse.boundary_mIoU)]
+    table.loc["mean"] = [nan_if_none(v) for v in (refined.mIoU, coarse.mIoU, refined.boundary_mIoU, coarse.boundary_mIoU)]
     table.index.name = "class"
     return table.round(2)
 
@@ -104,7 +104,7 @@ _INTERVAL_LINES = {
 def _recorded_values(run: RunRecord) -> list[float]:
     """The recorded scores in `_INTERVAL_LINES` order (percent; gains refined minus coarse)."""
     refined, coarse = run.metrics.refined, run.metrics.coarse
-    values = [score(v) for v in (refined.mIoU, coarse.mIoU, refined.boundary_mIoU, coarse.boundary_mIoU)]
+    values = [nan_if_none(v) for v in (refined.mIoU, coarse.mIoU, refined.boundary_mIoU, coarse.boundary_mIoU)]
     return values + [values[0] - values[1], values[2] - values[3]]
 
 
@@ -150,9 +150,9 @@ def verdict_text(run: RunRecord | Mapping[str, Any], run_dir: str | os.PathLike 
     run = _record(run)
     intervals = run_intervals(run, run_dir)
     if intervals is None:
-        gain = score(run.metrics.refined.mIoU) - score(run.metrics.coarse.mIoU)
+        gain = nan_if_none(run.metrics.refined.mIoU) - nan_if_none(run.metrics.coarse.mIoU)
         published = "" if run.published_mIoU is None else f" (published {run.published_mIoU:.2f})"
-        return (f"**{NO_INTERVAL}.** Recorded refined mIoU {score(run.metrics.refined.mIoU):.2f}{published}, "
+        return (f"**{NO_INTERVAL}.** Recorded refined mIoU {nan_if_none(run.metrics.refined.mIoU):.2f}{published}, "
                 f"gain refined − coarse {gain:+.2f}; this evaluation kept no per-image counts, so no interval "
                 "and no verdict can be given.")
     judged = verdict(intervals.refined_mIoU, run.published_mIoU)
