@@ -589,7 +589,7 @@ def main(argv: list[str] | None = None) -> dict[str, pd.DataFrame]:
     # The limits a share is taken of: bf16's only where it has fast kernels (the slow path's rate is noise).
     compared = ["fp32", "bf16"] if bf16_native else ["fp32"]
     drift = max(abs(limit(after, d) / limit(rates, d) - 1) for d in compared)
-    print(f"\nGEMM rate again at the end: " + ", ".join(f"{k} {v:.0f}" for k, v in after.items())
+    print("\nGEMM rate again at the end: " + ", ".join(f"{k} {v:.0f}" for k, v in after.items())
           + (f"  -- WARNING: the {'/'.join(compared)} limit moved {100 * drift:.0f} % from the first measurement: the "
              "CPU was shared or changed speed; compare the same-round shares"
              if drift > 0.10 else "  (within 10 % of the first measurement)"))

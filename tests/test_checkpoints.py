@@ -1,7 +1,6 @@
 """Checkpoint loading: the reference's key names and shapes load strictly; mismatches are explained."""
 
 import os
-import pickle
 
 import pytest
 import torch

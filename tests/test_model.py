@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pointrend_core import ROWS, build_model, fuse_for_inference
-from pointrend_core.config import DEMO, IGNORE_INDEX, ModelConfig
+from pointrend_core.config import IGNORE_INDEX, ModelConfig
 from pointrend_core.model import PointRend
 
 pytestmark = pytest.mark.numerics  # float results on this CPU's kernels: CI runs these twice (.ci/run)
