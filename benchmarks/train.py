@@ -101,17 +101,18 @@ def blob_targets(batch: int, height: int, width: int, num_classes: int, generato
     return targets
 
 
-def timed_steps(step, args, device: torch.device, label: str) -> list[float]:
-    """Seconds of every call of `step()`: `args.warmup` untimed ones (a compiled step compiles in the first),
-    then `args.iters` timed ones."""
+def timed_steps(step, device: torch.device, label: str, warmup: int, count: int) -> list[float]:
+    """Seconds of every call of `step()` (which returns its loss, or None): `warmup` untimed ones (a compiled
+    step compiles in the first), then `count` timed ones."""
     times = []
-    for n in range(args.warmup + args.iters):
+    for n in range(warmup + count):
         begin = time.perf_counter()
         loss = step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - begin)
-        print(f"  {label} {n + 1}/{args.warmup + args.iters}: {times[-1]:.2f} s, loss {loss:.3f}", file=sys.stderr)
+        print(f"  {label} {n + 1}/{warmup + count}: {times[-1]:.2f} s" + (f", loss {loss:.3f}" if loss is not None
+              else ""), file=sys.stderr)
     return times
 
 
@@ -141,7 +142,7 @@ def benchmark_training(model, row, device, args, channels_last: bool, compiled: 
         return sum(losses.values())
 
     layout = ("channels-last" if channels_last else "NCHW") + (" + torch.compile" if compiled else "")
-    times = timed_steps(step, args, device, f"train step ({layout})")
+    times = timed_steps(step, device, f"train step ({layout})", args.warmup, args.iters)
     result = training_result(f"train step, {layout}", times[args.warmup:], args, phase_peak_mib(device))
     if compiled:
         result["first_step_s"] = times[0]
@@ -184,8 +185,7 @@ def benchmark_reference_training(row, device, args) -> dict | None:
     config["backbone"].update(depth=row.model.depth, structure_type=f"resnet{row.model.depth}conv3x3stem")
     model = pointrend_cls(config, mode="TRAIN").to(device)
     schedule = row.schedule
-    optimizer = torch.optim.SGD(model.parameters(), lr=schedule.lr, momentum=schedule.momentum,
-                                weight_decay=schedule.weight_decay)
+    optimizer = recipe_optimizer(model, schedule)  # the reference's SGD settings: the recipe's
     scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
     images, targets = training_batch(row, device, args, channels_last=False)
     targets = targets.masked_fill(targets == IGNORE_INDEX, reference.REFERENCE_IGNORE)
@@ -205,7 +205,7 @@ def benchmark_reference_training(row, device, args) -> dict | None:
             scaler.update()
         return loss.item()
 
-    times = timed_steps(step, args, device, "reference step")[args.warmup:]
+    times = timed_steps(step, device, "reference step", args.warmup, args.iters)[args.warmup:]
     return training_result("train step, sssegmentation", times, args, phase_peak_mib(device))
 
 
@@ -216,17 +216,12 @@ def benchmark_evaluation(model, row, device, args) -> dict:
     # The evaluation's own inference path (channels-last, BatchNorm folded), at the training's precision.
     net = inference_model(model, inference_precision(args.amp), device=device)
     start_phase(device)
-    times = []
-    for step in range(args.warmup + args.eval_images):
-        begin = time.perf_counter()
+
+    def step() -> None:
         refined, _ = predict(net, image, (height, width), row.eval)
         refined.argmax(1)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if step >= args.warmup:
-            times.append(time.perf_counter() - begin)
-        print(f"  eval image {step + 1}/{args.warmup + args.eval_images}: {time.perf_counter() - begin:.2f} s",
-              file=sys.stderr)
+
+    times = timed_steps(step, device, "eval image", args.warmup, args.eval_images)[args.warmup:]
     seconds = sum(times) / len(times)
     return {"phase": "evaluate", "batch": 1, "input": f"{height}x{width}", "timed": len(times), "seconds": seconds,
             "rate": 1 / seconds, "rate_unit": "img/s", "iters_per_s": None, "peak_mib": phase_peak_mib(device)}
